@@ -1,0 +1,1 @@
+"""Benchmarks (`pointpeft-ray bench ...`): a table on the terminal, figures as JSON."""

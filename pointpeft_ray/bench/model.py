@@ -1,0 +1,194 @@
+"""`pointpeft-ray bench model`: train-step time and peak memory, full fine-tune vs PEFT.
+
+Each variant runs in its own fresh process so its peak memory is its own: on
+CPU the peak resident set size grown during training (activations, gradients,
+optimizer state), on CUDA the allocator's peak.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models import FullFinetuneClassifier, MemoryBank, PointMAEBackbone, get_peft_model
+from ..models.peft.geometry import token_geometry
+from ..models.presets import get_preset
+from .report import format_table, machine_info, write_json
+
+VARIANTS = ("full", "peft", "peft_frozen_pass")
+DESCRIPTIONS = {
+    "full": "full fine-tune",
+    "peft": "Point-PEFT, cached bank query",
+    "peft_frozen_pass": "Point-PEFT, frozen-pass bank query (published)",
+}
+
+
+@dataclass
+class BenchSettings:
+    preset: str = "point_mae"
+    batch: int = 32
+    num_points: int | None = None
+    steps: int = 3
+    warmup: int = 1
+    bank_rows: int = 11416  # PB_T50_RS training-set size
+    num_classes: int = 15
+    device: str = "cpu"
+    bf16: bool = False
+    seed: int = 0
+
+
+def run_bench(settings: BenchSettings, variants=VARIANTS, json_path: str | None = None, echo=print) -> dict:
+    ctx = mp.get_context("spawn")
+    results = []
+    for variant in variants:
+        echo(f"[bench model] {variant}: {DESCRIPTIONS[variant]} ...")
+        with ctx.Pool(1) as pool:
+            results.append(pool.apply(_measure_variant, (asdict(settings), variant)))
+    summary = _summarise(results)
+    payload = {"benchmark": "model", "settings": asdict(settings), "machine": machine_info(settings.device),
+               "variants": results, "summary": summary}
+    echo(render(payload))
+    if json_path:
+        write_json(json_path, payload)
+        echo(f"[bench model] figures written to {json_path}")
+    return payload
+
+
+def render(payload: dict) -> str:
+    rows = [
+        (r["variant"], r["trainable_params"], r["step_seconds"], r["samples_per_second"],
+         r["peak_memory_mb"], f"{100 * r['grouping_share']:.1f}%" if r["grouping_share"] is not None else "-")
+        for r in payload["variants"]
+    ]
+    table = format_table(["variant", "trainable", "step s", "samples/s", "peak MB", "grouping"], rows)
+    s = payload["summary"]
+    goals = [
+        f"PEFT step / full step      = {s['step_ratio']:.2f}  (goal <= 1.0)",
+        f"PEFT peak mem / full       = {s['memory_ratio']:.2f}  (goal <= 0.7)",
+        f"grouping share of PEFT step = {100 * s['grouping_share']:.1f}%  (goal <= 10%)",
+    ]
+    cfg = payload["settings"]
+    head = (f"model bench: preset={cfg['preset']} batch={cfg['batch']} points={payload['variants'][0]['num_points']} "
+            f"device={cfg['device']} bf16={cfg['bf16']}")
+    return "\n".join([head, table, *goals])
+
+
+def _summarise(results: list[dict]) -> dict:
+    by = {r["variant"]: r for r in results}
+    full, peft = by.get("full"), by.get("peft")
+    if not (full and peft):
+        return {}
+    return {
+        "step_ratio": peft["step_seconds"] / full["step_seconds"],
+        "memory_ratio": peft["peak_memory_mb"] / full["peak_memory_mb"],
+        "grouping_share": peft["grouping_share"],
+    }
+
+
+def _measure_variant(settings_dict: dict, variant: str) -> dict:
+    settings = BenchSettings(**settings_dict)
+    torch.manual_seed(settings.seed)
+    device = torch.device(settings.device)
+    preset = get_preset(settings.preset)
+    num_points = settings.num_points or preset.num_points
+    model = _build_model(preset, variant, settings).to(device).train()
+    points = torch.rand(settings.batch, num_points, 3, device=device) * 2 - 1
+    labels = torch.randint(settings.num_classes, (settings.batch,), device=device)
+    index = torch.randperm(settings.bank_rows)[: settings.batch].to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.05)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            logits = model(points, sample_index=index) if variant != "full" else model(points)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+
+    baseline_mb = _current_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device)
+    for _ in range(settings.warmup):
+        step()
+    times = []
+    for _ in range(settings.steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
+    else:
+        peak_mb = _peak_rss_mb() - baseline_mb
+    step_s = sorted(times)[len(times) // 2]
+    grouping_s = _grouping_seconds(model, points, variant, device) if variant != "full" else None
+    trainable = sum(p.numel() for p in params)
+    return {
+        "variant": variant,
+        "description": DESCRIPTIONS[variant],
+        "num_points": num_points,
+        "trainable_params": trainable,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "step_seconds": step_s,
+        "step_times": times,
+        "samples_per_second": settings.batch / step_s,
+        "peak_memory_mb": peak_mb,
+        "grouping_seconds": grouping_s,
+        "grouping_share": (grouping_s / step_s) if grouping_s is not None else None,
+    }
+
+
+def _build_model(preset, variant: str, settings: BenchSettings):
+    if variant == "full":
+        return FullFinetuneClassifier(preset.backbone, settings.num_classes)
+    query = "cached" if variant == "peft" else "frozen_pass"
+    model = get_peft_model(PointMAEBackbone(preset.backbone), preset.peft_config(bank_query=query),
+                           settings.num_classes)
+    dim = preset.backbone.trans_dim
+    # A bank of the real size; its contents do not change the cost of a step.
+    feats = torch.randn(settings.bank_rows, dim)
+    model.attach_memory_bank(MemoryBank(feats, torch.randn(settings.bank_rows, dim)))
+    return model
+
+
+def _grouping_seconds(model, points, variant, device, repeats: int = 3) -> float:
+    """First-level FPS + kNN and the adapter's second-level grouping, as in a step."""
+    conf = model.peft_config
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        _, centres = model.backbone.group(points)
+        token_geometry(centres, conf.subcentres_for(centres.shape[1]), conf.neighbours, conf.interp_neighbours)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is the process's peak resident set size, in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb() -> float:
+    # Current (not peak) RSS as the baseline: transient peaks while building
+    # the model then count against the variant, never in its favour.
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return _peak_rss_mb()

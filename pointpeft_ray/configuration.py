@@ -1,0 +1,68 @@
+"""Validated config objects with errors that name the field and the fix.
+
+Every config in the package derives from :class:`StrictConfig`: unknown keys
+are rejected with the nearest valid names, and pydantic's errors are turned
+into one readable :class:`ConfigError`.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+
+class StrictConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def __init__(self, **data: Any) -> None:
+        _reject_unknown_keys(type(self), data, where=type(self).__name__)
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(type(self).__name__, err)) from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
+        """Build from a plain mapping (e.g. a YAML section); `where` names the source."""
+        data = dict(data or {})
+        try:
+            return cls(**data)
+        except ConfigError as err:
+            if where:
+                raise ConfigError(f"{where}: {err}") from None
+            raise
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed, validated again."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+
+def _reject_unknown_keys(cls: type[BaseModel], data: Mapping[str, Any], where: str) -> None:
+    valid = list(cls.model_fields)
+    unknown = [k for k in data if k not in valid]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
+        parts.append(f"{key!r}{hint}")
+    raise ConfigError(
+        f"{where}: unknown key(s) {', '.join(parts)}; valid keys: {', '.join(valid)}"
+    )
+
+
+def format_validation_error(where: str, err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item.get("loc", ()))
+        value = item.get("input")
+        msg = item.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
+        lines.append(f"{field}: {msg}{shown}" if field else msg)
+    return f"{where}: " + "; ".join(lines)

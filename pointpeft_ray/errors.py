@@ -1,0 +1,18 @@
+"""Exception types. Each one is a ValueError so callers that only know the
+standard library still catch bad input, while the CLI can print them cleanly."""
+
+
+class PointPEFTError(ValueError):
+    """Base class for every error the package raises on bad input."""
+
+
+class ConfigError(PointPEFTError):
+    """A config value, key or combination is invalid."""
+
+
+class CheckpointError(PointPEFTError):
+    """A checkpoint cannot be read or does not fit the model."""
+
+
+class MemoryBankError(PointPEFTError):
+    """A memory bank is missing, stale, or does not fit the model."""

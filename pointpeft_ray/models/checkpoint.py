@@ -1,0 +1,135 @@
+"""Loading published Point-MAE / Point-BERT checkpoints, and weight fingerprints."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+# Outer wrappers (DDP) first, then the model-specific prefixes of the
+# published pre-train / fine-tune code.
+_WRAPPER_PREFIXES = ("module.",)
+_MODEL_PREFIXES = ("MAE_encoder.", "base_model.", "transformer_q.")
+
+
+@dataclass
+class LoadReport:
+    path: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    loaded: int = 0
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.loaded} tensors from {self.path}"]
+        if self.missing:
+            lines.append(f"missing ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected ({len(self.unexpected)}): {', '.join(_summarise(self.unexpected))}")
+        return "\n".join(lines)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state of a checkpoint file, prefixes stripped to our names."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: the file needs arbitrary pickle (code execution) "
+            f"beyond tensors and plain containers, and is only read with weights_only=True. "
+            f"Re-save its state dict alone if you trust it. Detail: {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
+    return strip_prefixes(_model_state(obj, path))
+
+
+def _model_state(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for entry in ("base_model", "model", "state_dict"):
+            if isinstance(obj.get(entry), Mapping):
+                return obj[entry]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(
+        f"{path}: expected a dict with a 'base_model' or 'model' state dict, or a bare state dict; "
+        f"found {type(obj).__name__} with keys {list(obj)[:8] if isinstance(obj, Mapping) else '-'}"
+    )
+
+
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        for prefix in _MODEL_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        out[key] = value
+    return out
+
+
+def load_checkpoint(module: nn.Module, path: str | Path, verbose: bool = False) -> LoadReport:
+    """Load a published (or our own) checkpoint into `module`.
+
+    Accepts the Point-MAE pre-train layout (`base_model` / `model`, `module.` and
+    `MAE_encoder.` prefixes), Point-MAE fine-tuned (`base_model.`, with head),
+    Point-BERT (`transformer_q.`) and bare state dicts. Returns the missing and
+    unexpected keys; a shape mismatch is an error naming the key and both shapes.
+    """
+    state = read_state_dict(path)
+    target = module.state_dict()
+    for key, value in state.items():
+        if key in target and tuple(target[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: shape mismatch for {key!r}: checkpoint has {tuple(value.shape)}, "
+                f"model expects {tuple(target[key].shape)} (is the backbone config the same?)"
+            )
+    result = module.load_state_dict(state, strict=False)
+    # New weights: originals kept for PEFT (see peft.model) no longer apply.
+    if hasattr(module, "pretrained_reference"):
+        del module.pretrained_reference
+    report = LoadReport(
+        path=str(path),
+        missing=list(result.missing_keys),
+        unexpected=list(result.unexpected_keys),
+        loaded=sum(1 for k in state if k in target),
+    )
+    if report.loaded == 0:
+        raise CheckpointError(
+            f"{path}: no tensor name matches the model (first checkpoint keys: {list(state)[:5]})"
+        )
+    if verbose:
+        print(report)
+    return report
+
+
+def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A content hash of named tensors (names, dtypes, shapes and bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _summarise(keys: list[str], limit: int = 12) -> list[str]:
+    """Group long key lists by their first component so reports stay readable."""
+    if len(keys) <= limit:
+        return keys
+    groups: dict[str, int] = {}
+    for key in keys:
+        head = key.split(".")[0]
+        groups[head] = groups.get(head, 0) + 1
+    return [f"{head}.* ({n})" if n > 1 else head for head, n in groups.items()]

@@ -1,0 +1,102 @@
+"""PointPEFTConfig: every Point-PEFT knob, with the published defaults.
+
+Kept separate from the code that injects modules (as in HF PEFT), so a search
+space can refer to these field names and a saved adapter carries its config.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from ...configuration import StrictConfig
+from ...errors import ConfigError
+
+
+class PointPEFTConfig(StrictConfig):
+    # Point-prior Prompt (SPEC 2a)
+    prompt_length: int = Field(10, ge=0, le=256, description="P: prompt tokens per prompted block (0 = no prompt)")
+    prompt_depth: int = Field(6, ge=0, description="L: prompted blocks, counted from the first")
+    prompt_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    prompt_init_std: float = Field(0.02, gt=0.0)
+    prompt_adapter_width: int = Field(8, ge=1, description="bottleneck of the prompt adapter (C -> w -> C)")
+    memory_bank: bool = Field(True, description="enrich prompts from the training-set memory bank")
+    top_k: int = Field(8, ge=1, description="K: bank rows retrieved per sample (K <= P - 2)")
+    temperature: float = Field(1.0, gt=0.0, description="T: softmax temperature of the retrieval weights")
+    bank_size: Optional[int] = Field(None, ge=2, description="rows kept in the bank; None = every training sample")
+    bank_sampling: Literal["random", "fps"] = Field("random", description="how a smaller bank is subsampled")
+    bank_source: Literal["max", "cls"] = Field("max", description="global feature stored: max-pooled tokens or cls")
+    bank_query: Literal["cached", "frozen_pass"] = Field(
+        "cached",
+        description="query feature while training: the sample's cached bank feature (no extra pass), "
+        "or a frozen backbone pass on the augmented points (published)",
+    )
+    bank_normalize: bool = Field(True, description="cosine similarity (fix); False = published raw dot product")
+    exclude_self: bool = Field(True, description="while training, a sample never retrieves itself (fix)")
+    bank_seed: int = 0
+
+    # Geometry-aware Adapter (SPEC 2b)
+    geometry_adapter: bool = True
+    adapter_dim: int = Field(16, ge=1, description="r: bottleneck width of the adapters")
+    mlp_adapter_scale: float = Field(0.7, description="a: weight of the adapter parallel to the MLP")
+    centre_scale: float = Field(0.3, description="c: weight of the sub-centre's own token")
+    propagate_scale: float = Field(0.3, description="p: weight of the propagated neighbourhood feature")
+    num_subcentres: Optional[int] = Field(None, ge=1, description="second-level FPS centres; None = num_group / 2")
+    neighbours: int = Field(16, ge=1, description="k: tokens per sub-centre neighbourhood")
+    neighbour_heads: int = Field(6, ge=1)
+    neighbour_head_dim: int = Field(3, ge=1)
+    pooling: Literal["max", "max_mean"] = "max"
+    interp_neighbours: int = Field(3, ge=1, description="sub-centres used by inverse-distance propagation")
+
+    # What else trains besides the PEFT modules and the head
+    train_bias: bool = Field(True, description="BitFit: biases of norm1, norm2, attn.proj, mlp.fc1, mlp.fc2")
+    train_cls_token: bool = True
+    train_final_norm: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.memory_bank and self.prompt_length and self.top_k > self.prompt_length - 2:
+            raise ValueError(
+                f"top_k ({self.top_k}) must be <= prompt_length - 2 ({self.prompt_length - 2}): "
+                "the prompt source is [query, retrieved, top_k rows]"
+            )
+        if self.memory_bank and self.prompt_length == 0:
+            raise ValueError("memory_bank=True needs prompt_length >= 3 (the bank feeds the prompts)")
+        if self.bank_size is not None and self.memory_bank and self.top_k > self.bank_size - int(self.exclude_self):
+            raise ValueError(f"top_k ({self.top_k}) is larger than the usable bank (bank_size={self.bank_size})")
+        if self.num_subcentres is not None and self.neighbours > self.num_subcentres:
+            raise ValueError(
+                f"neighbours ({self.neighbours}) must be <= num_subcentres ({self.num_subcentres})"
+            )
+        return self
+
+    @property
+    def uses_prompt(self) -> bool:
+        return self.prompt_length > 0 and self.prompt_depth > 0
+
+    @property
+    def uses_bank(self) -> bool:
+        return self.uses_prompt and self.memory_bank
+
+    def subcentres_for(self, num_group: int) -> int:
+        return self.num_subcentres if self.num_subcentres is not None else max(1, num_group // 2)
+
+    def check_backbone(self, depth: int, num_group: int) -> None:
+        """Combinations that need the backbone's shape; raised when the model is built."""
+        if self.prompt_depth > depth:
+            raise ConfigError(f"PointPEFTConfig: prompt_depth ({self.prompt_depth}) > backbone depth ({depth})")
+        subcentres = self.subcentres_for(num_group)
+        if self.geometry_adapter:
+            if subcentres > num_group:
+                raise ConfigError(
+                    f"PointPEFTConfig: num_subcentres ({subcentres}) > backbone num_group ({num_group})"
+                )
+            if self.neighbours > subcentres:
+                raise ConfigError(
+                    f"PointPEFTConfig: neighbours ({self.neighbours}) must be <= the sub-centre count "
+                    f"({subcentres} = num_subcentres or num_group / 2)"
+                )
+            if self.interp_neighbours > subcentres:
+                raise ConfigError(
+                    f"PointPEFTConfig: interp_neighbours ({self.interp_neighbours}) > sub-centre count ({subcentres})"
+                )
