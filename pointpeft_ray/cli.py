@@ -18,6 +18,7 @@ def _add_bench_model(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--variants", default="full,peft,peft_frozen_pass")
     p.add_argument("--json", dest="json_path", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--profile", dest="profile_dir", default=None, help="write a torch.profiler table per variant here")
     p.set_defaults(func=_run_bench_model)
 
 
@@ -32,7 +33,8 @@ def _run_bench_model(args) -> int:
     if bad:
         raise PointPEFTError(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
     settings = BenchSettings(preset=args.preset, batch=args.batch, num_points=args.points, steps=args.steps,
-                             warmup=args.warmup, device=device, bf16=args.bf16)
+                             warmup=args.warmup, device=device, bf16=args.bf16,
+                             profile_dir=args.profile_dir)
     from .models.presets import get_preset
 
     get_preset(args.preset)  # fail fast on a bad name

@@ -39,6 +39,7 @@ class BenchSettings:
     device: str = "cpu"
     bf16: bool = False
     seed: int = 0
+    profile_dir: str | None = None  # write a torch.profiler table per variant here
 
 
 def run_bench(settings: BenchSettings, variants=VARIANTS, json_path: str | None = None, echo=print) -> dict:
@@ -67,10 +68,10 @@ def render(payload: dict) -> str:
     table = format_table(["variant", "trainable", "step s", "samples/s", "peak MB", "grouping"], rows)
     s = payload["summary"]
     goals = [
-        f"PEFT step / full step      = {s['step_ratio']:.2f}  (goal <= 1.0)",
-        f"PEFT peak mem / full       = {s['memory_ratio']:.2f}  (goal <= 0.7)",
+        f"PEFT step / full step       = {s['step_ratio']:.2f}  (goal <= 1.0)",
+        f"PEFT peak mem / full        = {s['memory_ratio']:.2f}  (goal <= 0.7)",
         f"grouping share of PEFT step = {100 * s['grouping_share']:.1f}%  (goal <= 10%)",
-    ]
+    ] if s else ["(ratios need both the full and peft variants)"]
     cfg = payload["settings"]
     head = (f"model bench: preset={cfg['preset']} batch={cfg['batch']} points={payload['variants'][0]['num_points']} "
             f"device={cfg['device']} bf16={cfg['bf16']}")
@@ -129,6 +130,8 @@ def _measure_variant(settings_dict: dict, variant: str) -> dict:
     else:
         peak_mb = _peak_rss_mb() - baseline_mb
     step_s = sorted(times)[len(times) // 2]
+    if settings.profile_dir:
+        _write_profile(step, settings.profile_dir, variant, device)
     grouping_s = _grouping_seconds(model, points, variant, device) if variant != "full" else None
     trainable = sum(p.numel() for p in params)
     return {
@@ -171,6 +174,21 @@ def _grouping_seconds(model, points, variant, device, repeats: int = 3) -> float
         _sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def _write_profile(step, directory: str, variant: str, device: torch.device) -> None:
+    from pathlib import Path
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path = Path(directory) / f"profile-{variant}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=40))
 
 
 def _sync(device: torch.device) -> None:

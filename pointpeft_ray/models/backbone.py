@@ -63,14 +63,16 @@ class PatchEncoder(nn.Module):
         )
 
     # Without autograd nothing is kept, so patches go through in chunks: the
-    # (patches, 512, M) intermediates would otherwise set the step's peak memory.
-    no_grad_chunk = 1024
+    # (patches, 512, M) intermediates would otherwise set the step's peak
+    # memory. GPUs get bigger chunks: there, launches cost more than memory.
+    no_grad_chunk = {"cpu": 1024, "cuda": 8192}
 
     def forward(self, neighbourhoods: torch.Tensor) -> torch.Tensor:
         batch, groups, size, _ = neighbourhoods.shape
         x = neighbourhoods.reshape(batch * groups, size, 3).transpose(1, 2)
-        if not torch.is_grad_enabled() and x.shape[0] > self.no_grad_chunk:
-            parts = [self._encode(chunk) for chunk in x.split(self.no_grad_chunk)]
+        chunk = self.no_grad_chunk.get(x.device.type, 8192)
+        if not torch.is_grad_enabled() and x.shape[0] > chunk:
+            parts = [self._encode(part) for part in x.split(chunk)]
             return torch.cat(parts).reshape(batch, groups, -1)
         return self._encode(x).reshape(batch, groups, -1)
 

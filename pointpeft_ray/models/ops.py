@@ -38,29 +38,29 @@ def farthest_point_sample(
         raise ValueError(f"farthest_point_sample: num_samples must be >= 1, got {num_samples}")
     device = points.device
     pts = points.float()
-    # The kernel compares a float32 norm with the double 1e-3: compare in double too.
-    selectable = (pts * pts).sum(-1).double() > min_norm_sq if min_norm_sq > 0 else None
-    # Matches the published kernel: running distances start at 1e10, skipped
-    # points score -1 so they only win when nothing else is selectable.
+    # Running distances start at 1e10 as in the published kernel. Points it
+    # skips start at -1: min(-1, d) stays -1, so they only win when nothing
+    # else is selectable, with no extra work per step. The kernel compares a
+    # float32 norm with the double 1e-3, so compare in double too.
     nearest = torch.full((batch, count), 1e10, device=device, dtype=pts.dtype)
-    chosen = torch.empty((batch, num_samples), dtype=torch.long, device=device)
+    if min_norm_sq > 0:
+        nearest.masked_fill_((pts * pts).sum(-1).double() <= min_norm_sq, -1.0)
     if start == "first":
         current = torch.zeros(batch, dtype=torch.long, device=device)
     elif start == "random":
         current = torch.randint(count, (batch,), device="cpu", generator=generator).to(device)
     else:
         raise ValueError(f"farthest_point_sample: start must be 'first' or 'random', got {start!r}")
-    rows = torch.arange(batch, device=device)
-    for step in range(num_samples):
-        chosen[:, step] = current
-        if step + 1 == num_samples:
-            break
-        last = pts[rows, current].unsqueeze(1)
-        dist = ((pts - last) ** 2).sum(-1)
-        nearest = torch.minimum(nearest, dist)
-        score = nearest if selectable is None else torch.where(selectable, nearest, -1.0)
-        current = score.argmax(dim=1)
-    return chosen
+    chosen = [current]
+    # A handful of kernels per step and no host sync: on a GPU the loop is
+    # bound by launches, not arithmetic.
+    for _ in range(num_samples - 1):
+        last = torch.gather(pts, 1, current.view(batch, 1, 1).expand(batch, 1, pts.shape[-1]))
+        dist = (pts - last).square_().sum(-1)
+        torch.minimum(nearest, dist, out=nearest)
+        current = nearest.argmax(dim=1)
+        chosen.append(current)
+    return torch.stack(chosen, dim=1)
 
 
 def knn_indices(query: torch.Tensor, reference: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,6 +77,10 @@ def knn_indices(query: torch.Tensor, reference: torch.Tensor, k: int) -> torch.T
     if k < 1:
         raise ValueError(f"knn_indices: k must be >= 1, got {k}")
     sq = squared_distances(query, reference)
+    if sq.is_cuda:
+        # On a GPU the exact keyed top-k is cheap, and checking for ties would
+        # force a host sync that stalls the kernel queue.
+        return _lowest_index_topk(sq, k)
     top = sq.topk(min(k + 1, count), dim=-1, largest=False, sorted=True)
     idx, values = top.indices[..., :k], top.values[..., :k]
     if k < count:

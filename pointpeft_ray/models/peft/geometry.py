@@ -60,8 +60,11 @@ class NeighbourhoodAttention(nn.Module):
         """tokens (B, G, C), neighbour_idx (B, S, k) -> updated neighbourhoods (B, S, k, C)."""
         batch, subs, k = neighbour_idx.shape
         qkv = gather_points(self.qkv(self.norm(tokens)), neighbour_idx)
-        qkv = qkv.reshape(batch * subs, k, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        q, key, value = qkv.reshape(batch * subs, k, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Plain batched matmuls: with head_dim 3 the fused SDPA kernels pad
+        # every tiny problem and were the slowest op of a GPU step.
+        scores = (q * self.head_dim**-0.5) @ key.transpose(-1, -2)
+        out = scores.softmax(dim=-1) @ value
         out = out.transpose(1, 2).reshape(batch, subs, k, self.heads * self.head_dim)
         return gather_points(tokens, neighbour_idx) + self.proj(out)
 
