@@ -16,3 +16,7 @@ class CheckpointError(PointPEFTError):
 
 class MemoryBankError(PointPEFTError):
     """A memory bank is missing, stale, or does not fit the model."""
+
+
+class DataFormatError(PointPEFTError):
+    """A dataset file or directory is missing, malformed, or holds bad values."""

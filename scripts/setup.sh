@@ -24,5 +24,12 @@ if ! python -c "import torch" 2>/dev/null; then
     fi
 fi
 echo "[setup] installing pointpeft-ray (editable) with test extras"
-python -m pip install -q -e ".[test]"
+# The build backend's notes about editable installs are noise; show them only on failure.
+log=$(mktemp)
+if ! python -m pip install -q -e ".[test]" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+fi
+rm -f "$log"
 python -c "import torch, ray, pointpeft_ray; print(f'[setup] ready: pointpeft_ray {pointpeft_ray.__version__}, torch {torch.__version__}, ray {ray.__version__}')"

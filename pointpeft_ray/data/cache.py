@@ -1,0 +1,141 @@
+"""The Arrow cache of prepared splits.
+
+One Arrow IPC file per split: a `points` column of fixed-size lists (P * 3
+float32), `label`, and optional per-sample extras; the class names, the split
+name, its source and the cache key in the schema metadata. The file is
+memory-mapped on read, so a worker touches only the rows it samples. It is
+written under a temporary name and renamed, so a file under the final name is
+always complete; a file whose key differs from the requested one is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+from filelock import FileLock
+
+from ..errors import DataFormatError
+from .split import PointSplit
+
+CACHE_FORMAT_VERSION = 1
+_META_KEY = b"pointpeft.split"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("POINTPEFT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "pointpeft-ray"
+
+
+def cache_path(cache_dir: str | Path, task: str, split: str, key: dict) -> Path:
+    safe_task = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
+    digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=10).hexdigest()
+    return Path(cache_dir) / safe_task / f"{split}-{digest}.arrow"
+
+
+def load_or_build(path: Path, key: dict, build: Callable[[], PointSplit]) -> tuple[PointSplit, bool]:
+    """The cached split for `key`, or `build()` written to the cache first.
+
+    Returns (split, came_from_cache). Concurrent callers build once.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        cached = _read_if_fresh(path, key)
+        if cached is not None:
+            return cached, True
+        split = build()
+        write_split(split, path, key)
+        return read_split(path), False
+
+
+def _read_if_fresh(path: Path, key: dict) -> PointSplit | None:
+    if not path.exists():
+        return None
+    try:
+        meta = read_split_metadata(path)
+    except DataFormatError:
+        return None  # truncated or foreign file: rebuilt
+    if meta.get("key") != json.loads(json.dumps(key)) or meta.get("format") != CACHE_FORMAT_VERSION:
+        return None
+    return read_split(path)
+
+
+def write_split(split: PointSplit, path: Path, key: dict) -> Path:
+    count, per_sample = len(split), split.points_per_sample
+    columns = {
+        "points": pa.FixedSizeListArray.from_arrays(pa.array(split.points.reshape(-1)), per_sample * 3),
+        "label": pa.array(split.labels),
+    }
+    for name, values in split.extras.items():
+        values = np.asarray(values)
+        width = int(np.prod(values.shape[1:])) if values.ndim > 1 else 0
+        flat = pa.array(values.reshape(-1))
+        columns[f"extra.{name}"] = pa.FixedSizeListArray.from_arrays(flat, width) if width else flat
+    meta = {
+        "format": CACHE_FORMAT_VERSION,
+        "key": key,
+        "name": split.name,
+        "source": split.source,
+        "class_names": list(split.class_names),
+        "points_per_sample": per_sample,
+        "count": count,
+        "extra_shapes": {n: list(np.asarray(v).shape[1:]) for n, v in split.extras.items()},
+    }
+    table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(1, count))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_split_metadata(path: Path) -> dict:
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            schema = pa.ipc.open_file(source).schema
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataFormatError(f"{path}: not a readable Arrow split cache ({err})") from None
+    raw = (schema.metadata or {}).get(_META_KEY)
+    if raw is None:
+        raise DataFormatError(f"{path}: Arrow file without pointpeft split metadata")
+    return json.loads(raw)
+
+
+def read_split(path: str | Path) -> PointSplit:
+    """Memory-mapped, zero-copy read of a cached split (validated when written)."""
+    path = Path(path)
+    meta = read_split_metadata(path)
+    try:
+        source = pa.memory_map(str(path), "r")
+        table = pa.ipc.open_file(source).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataFormatError(f"{path}: not a readable Arrow split cache ({err})") from None
+    count, per_sample = meta["count"], meta["points_per_sample"]
+    points = _column_values(table, "points").reshape(count, per_sample, 3)
+    labels = _column_values(table, "label")
+    extras = {
+        name: _column_values(table, f"extra.{name}").reshape(count, *shape)
+        for name, shape in meta.get("extra_shapes", {}).items()
+    }
+    return PointSplit(points, labels, meta["class_names"], name=meta["name"], source=str(path),
+                      extras=extras, check=False)
+
+
+def _column_values(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    if column.num_chunks != 1:
+        column = pa.chunked_array([column.combine_chunks()])
+    array = column.chunk(0)
+    if pa.types.is_fixed_size_list(array.type):
+        array = array.flatten()
+    return array.to_numpy(zero_copy_only=True)

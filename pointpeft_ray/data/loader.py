@@ -1,0 +1,96 @@
+"""Batch loader: whole batches sliced from a (memory-mapped) split and augmented at once.
+
+A per-sample Dataset + collate would spend its time in Python; slicing the
+array for a batch and transforming the batch as one tensor keeps the loader
+far ahead of the model. Each batch carries each sample's index in the split,
+which the memory bank needs (cached query, self-exclusion).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .split import PointSplit
+from .transforms import Subsample, Transform
+
+
+@dataclass
+class Batch:
+    points: torch.Tensor  # (B, n, 3) float32
+    labels: torch.Tensor  # (B,) int64
+    index: torch.Tensor  # (B,) int64: rows in the split
+
+    def to(self, device) -> "Batch":
+        return Batch(self.points.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
+                     self.index.to(device, non_blocking=True))
+
+
+class BatchLoader:
+    def __init__(
+        self,
+        split: PointSplit,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_points: int | None = None,
+        subsample: str = "random",
+        augment: Transform | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.subsample = Subsample(num_points, subsample) if num_points is not None else None
+        self.augment = augment
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffles and augmentation draws depend on (seed, epoch): reruns repeat them."""
+        self.epoch = epoch
+
+    def _rank_order(self) -> np.ndarray:
+        count = len(self.split)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(count)
+        else:
+            order = np.arange(count)
+        if self.world_size > 1:
+            # Equal shards for every rank (wrapping around), as DistributedSampler does.
+            per_rank = math.ceil(count / self.world_size)
+            order = np.resize(order, per_rank * self.world_size)[self.rank::self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        count = len(self._rank_order())
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._rank_order()
+        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.rank)) & 0x7FFFFFFF)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            if self.drop_last and len(index) < self.batch_size:
+                break
+            yield self._batch(np.sort(index), gen)
+
+    def _batch(self, index: np.ndarray, gen: torch.Generator) -> Batch:
+        # Sorted rows read the memory map front to back.
+        points = torch.from_numpy(np.take(self.split.points, index, axis=0))
+        if self.subsample is not None:
+            points = self.subsample(points, gen)
+        if self.augment is not None:
+            points = self.augment(points, gen)
+        labels = torch.from_numpy(np.take(self.split.labels, index))
+        return Batch(points.contiguous(), labels, torch.from_numpy(index.astype(np.int64)))
