@@ -42,11 +42,79 @@ def _run_bench_model(args) -> int:
     return 0
 
 
+def _add_bench_data(sub) -> None:
+    p = sub.add_parser("data", help="loader samples/s: read + augment + collate")
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(func=_run_bench_data)
+
+
+def _run_bench_data(args) -> int:
+    from .bench.data import run_bench
+
+    run_bench(args.samples, args.batch, args.epochs, args.json_path)
+    return 0
+
+
+def _add_data_source_args(p) -> None:
+    p.add_argument("task", help="task name, e.g. synth/hardest, scanobjectnn/pb_t50_rs, modelnet40")
+    p.add_argument("--root", default=None, help="folder holding the downloaded dataset (real datasets)")
+    p.add_argument("--cache-dir", default=None, help="Arrow cache folder (default: $POINTPEFT_CACHE or ~/.cache/pointpeft-ray)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read pickled files (.dat/.pkl) through a numpy-only unpickler; pickles can run code")
+
+
+def _load_splits(args) -> dict:
+    from .data.tasks import get_task, load_task_split
+
+    spec = get_task(args.task)
+    return {split: load_task_split(spec, split, args.root, args.cache_dir, args.allow_pickle) for split in spec.splits}
+
+
+def _run_data_prepare(args) -> int:
+    from .data.inspect import format_summary, summarise
+
+    splits = _load_splits(args)
+    print(format_summary(args.task, summarise(splits)))
+    for name, data in splits.items():
+        print(f"cached {name}: {data.source}")
+    return 0
+
+
+def _run_data_inspect(args) -> int:
+    from .data.inspect import format_summary, render_samples_png, summarise
+
+    splits = _load_splits(args)
+    print(format_summary(args.task, summarise(splits)))
+    png = args.png or f"{args.task.replace('/', '_')}-samples.png"
+    render_samples_png(splits[args.split], png, per_class=args.per_class)
+    print(f"picture of {args.per_class} {args.split} samples per class: {png}")
+    return 0
+
+
+def _add_data(sub) -> None:
+    prepare = sub.add_parser("prepare", help="generate or convert a task's splits into the Arrow cache")
+    _add_data_source_args(prepare)
+    prepare.set_defaults(func=_run_data_prepare)
+    inspect = sub.add_parser("inspect", help="counts per split and class, and a PNG of samples per class")
+    _add_data_source_args(inspect)
+    inspect.add_argument("--png", default=None, help="where to write the picture (default: TASK-samples.png)")
+    inspect.add_argument("--split", default="train")
+    inspect.add_argument("--per-class", type=int, default=3)
+    inspect.set_defaults(func=_run_data_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="benchmarks (a table, and JSON with --json)")
-    _add_bench_model(bench.add_subparsers(dest="bench", required=True))
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    _add_bench_model(bench_sub)
+    _add_bench_data(bench_sub)
+    data = commands.add_parser("data", help="prepare and inspect datasets")
+    _add_data(data.add_subparsers(dest="data", required=True))
     return parser
 
 
