@@ -106,6 +106,40 @@ def _add_data(sub) -> None:
     inspect.set_defaults(func=_run_data_inspect)
 
 
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="fine-tune (peft, full or linear) from a YAML config, in this process")
+    p.add_argument("config", help="YAML file of a TrainConfig")
+    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    p.add_argument("--json", dest="json_path", default=None, help="write the run's history and summary as JSON")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .bench.report import write_json
+    from .engine.config import TrainConfig
+    from .engine.loop import train
+
+    config = TrainConfig.from_yaml(args.config)
+    if args.epochs is not None:
+        config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
+
+    def progress(metrics: dict) -> None:
+        val = f" val acc {metrics['val_accuracy']:.2f}" if "val_accuracy" in metrics else ""
+        print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  train acc "
+              f"{metrics['train_accuracy']:.2f}{val}  lr {metrics['lr']:.2e}  "
+              f"{metrics['train_samples_per_second']:.1f} samples/s", flush=True)
+
+    result = train(config, report=progress)
+    print(f"best accuracy {result.best_accuracy:.2f} at epoch {result.best_epoch}; trainable "
+          f"{result.trainable_params:,} of {result.total_params:,}; wall {result.wall_seconds:.1f}s")
+    if args.json_path:
+        write_json(args.json_path, {"config": config.model_dump(), "best_accuracy": result.best_accuracy,
+                                    "best_epoch": result.best_epoch, "history": result.history,
+                                    "trainable_params": result.trainable_params,
+                                    "wall_seconds": result.wall_seconds})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     _add_bench_model(bench_sub)
     _add_bench_data(bench_sub)
+    _add_train(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
     _add_data(data.add_subparsers(dest="data", required=True))
     return parser

@@ -22,7 +22,7 @@ class StrictConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(type(self).__name__, err)) from None
+            raise ConfigError(format_validation_error(type(self).__name__, err, type(self))) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
@@ -55,14 +55,31 @@ def _reject_unknown_keys(cls: type[BaseModel], data: Mapping[str, Any], where: s
     )
 
 
-def format_validation_error(where: str, err: ValidationError) -> str:
+def format_validation_error(where: str, err: ValidationError, root: type[BaseModel] | None = None) -> str:
     lines = []
     for item in err.errors():
-        field = ".".join(str(p) for p in item.get("loc", ()))
+        loc = tuple(item.get("loc", ()))
+        field = ".".join(str(p) for p in loc)
         value = item.get("input")
         msg = item.get("msg", "invalid")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        if item.get("type") == "extra_forbidden" and root is not None:
+            msg = "unknown key" + _suggestion(root, loc)
         shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
         lines.append(f"{field}: {msg}{shown}" if field else msg)
     return f"{where}: " + "; ".join(lines)
+
+
+def _suggestion(root: type[BaseModel], loc: tuple) -> str:
+    """Nearest valid names for an unknown nested key, found by walking the field types."""
+    cls = root
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part)) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        cls = field.annotation
+    valid = list(cls.model_fields)
+    near = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
+    return f"{hint}; valid keys: {', '.join(valid)}"

@@ -1,0 +1,91 @@
+"""From a TrainConfig to the pieces a run needs: model, optimizer, schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..models import FullFinetuneClassifier, PointMAEBackbone, get_peft_model, load_checkpoint
+from ..models.peft.model import PointPEFTModel
+from .config import TrainConfig
+
+
+def build_model(config: TrainConfig, num_classes: int, echo=print) -> nn.Module:
+    """peft: frozen backbone + Point-PEFT; full: everything trains; linear: only the head trains."""
+    backbone_config = config.model.backbone_config()
+    if config.mode == "peft":
+        backbone = PointMAEBackbone(backbone_config)
+        _load_pretrained(backbone, config, echo)
+        return get_peft_model(backbone, config.peft_config(), num_classes)
+    model = FullFinetuneClassifier(backbone_config, num_classes)
+    _load_pretrained(model, config, echo)
+    if config.mode == "linear":
+        freeze_all_but_head(model)
+    return model
+
+
+def _load_pretrained(module: nn.Module, config: TrainConfig, echo) -> None:
+    if config.model.checkpoint:
+        report = load_checkpoint(module, config.model.checkpoint)
+        echo(f"[model] {report}")
+
+
+def freeze_all_but_head(model: FullFinetuneClassifier) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("cls_head_finetune."))
+    model.linear_probe = True
+
+
+def set_train_mode(model: nn.Module, training: bool) -> None:
+    """Train mode, with frozen parts kept deterministic: a linear probe's backbone
+    stays in eval (BatchNorm statistics and drop-path off). PEFT models handle
+    their own frozen BatchNorm."""
+    model.train(training)
+    if training and getattr(model, "linear_probe", False):
+        for name, module in model.named_children():
+            if name != "cls_head_finetune":
+                module.eval()
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on 1-D parameters, biases and tokens (published recipe)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or "token" in name or name.endswith("cls_pos"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(epoch: int, config: TrainConfig) -> float:
+    """Linear warm-up from warmup_start_lr, then cosine down to min_lr (per epoch)."""
+    o = config.optim
+    if epoch < o.warmup_epochs:
+        return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * epoch / o.warmup_epochs
+    span = max(1, o.epochs - o.warmup_epochs)
+    progress = (epoch - o.warmup_epochs) / span
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def trainable_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def forward(model: nn.Module, points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(_unwrap(model), PointPEFTModel):
+        return model(points, sample_index=index)
+    return model(points)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)

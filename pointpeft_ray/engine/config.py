@@ -1,0 +1,100 @@
+"""TrainConfig: one validated object for a fine-tuning run (YAML maps onto it 1:1).
+
+Sections: `model` (backbone size / preset and pre-trained checkpoint), `peft`
+(PointPEFTConfig), `data` (task, root, cache), `optim` (the published recipe as
+defaults), and run-level fields (mode, seed, device, evaluation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import Field, model_validator
+
+from ..configuration import StrictConfig
+from ..errors import ConfigError
+from ..models.backbone import BackboneConfig
+from ..models.peft.config import PointPEFTConfig
+from ..models.presets import PRESETS
+
+
+class ModelSection(StrictConfig):
+    preset: Optional[str] = Field("point_mae", description="named size (point_mae, small, tiny); fields below override it")
+    backbone: dict = Field(default_factory=dict, description="BackboneConfig fields overriding the preset")
+    checkpoint: Optional[str] = Field(None, description="pre-trained weights (Point-MAE / Point-BERT layout)")
+
+    @model_validator(mode="after")
+    def _known_preset(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+        self.backbone_config()  # validate the overrides now, naming the bad key
+        return self
+
+    def backbone_config(self) -> BackboneConfig:
+        base = PRESETS[self.preset].backbone.model_dump() if self.preset else {}
+        return BackboneConfig.from_dict({**base, **self.backbone}, where="model.backbone")
+
+    def peft_defaults(self) -> dict:
+        return dict(PRESETS[self.preset].peft_overrides) if self.preset else {}
+
+
+class DataSection(StrictConfig):
+    task: str = "synth/hardest"
+    root: Optional[str] = Field(None, description="folder of the downloaded dataset (real datasets)")
+    cache_dir: Optional[str] = None
+    allow_pickle: bool = False
+    augment: Optional[str] = Field(None, description="training augmentation; None = the task's recipe")
+    voting_views: Optional[int] = Field(None, ge=1, description="test-time views; None = the task's recipe")
+
+
+class OptimSection(StrictConfig):
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    epochs: int = Field(300, ge=1)
+    warmup_epochs: int = Field(10, ge=0)
+    warmup_start_lr: float = Field(1e-6, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    batch_size: int = Field(32, ge=1)
+    grad_clip: Optional[float] = Field(10.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(StrictConfig):
+    mode: Literal["peft", "full", "linear"] = "peft"
+    model: ModelSection = Field(default_factory=ModelSection)
+    peft: dict = Field(default_factory=dict, description="PointPEFTConfig fields (over the preset's)")
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    eval_every: int = Field(1, ge=1)
+    run_dir: Optional[str] = Field(None, description="checkpoints and TensorBoard logs")
+
+    @model_validator(mode="after")
+    def _peft_valid(self):
+        self.peft_config()
+        return self
+
+    def peft_config(self) -> PointPEFTConfig:
+        return PointPEFTConfig.from_dict({**self.model.peft_defaults(), **self.peft}, where="peft")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+        return cls.from_dict(raw, where=str(path))

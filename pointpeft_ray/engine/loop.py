@@ -1,0 +1,152 @@
+"""The training loop: a plain function of a TrainConfig.
+
+The same function runs in-process, under a Ray TorchTrainer worker and inside a
+Ray Tune trial; what differs is only the `report` callback it is given (and the
+rank / world size for data sharding).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.tasks import get_task, load_task_split, task_loader
+from ..data.transforms import build_augmentation, voting_views
+from ..errors import PointPEFTError
+from ..models.peft.model import PointPEFTModel
+from . import build
+from .config import TrainConfig
+
+Reporter = Callable[[dict], None]
+
+
+class TrainingDivergedError(PointPEFTError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    best_accuracy: float = 0.0
+    best_epoch: int = -1
+    final: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    wall_seconds: float = 0.0
+
+
+def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=None, seed: int = 0) -> dict:
+    """Overall accuracy, mean class accuracy, per-class accuracy and loss."""
+    build.set_train_mode(model, False)
+    correct = np.zeros(num_classes)
+    total = np.zeros(num_classes)
+    loss_sum, count = 0.0, 0
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for batch in loader:
+            batch = batch.to(device)
+            inputs = voting_views(batch.points, views, augment, gen) if views > 1 else [batch.points]
+            logits = torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
+            loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
+            count += batch.labels.numel()
+            pred = logits.argmax(-1).cpu().numpy()
+            labels = batch.labels.cpu().numpy()
+            np.add.at(total, labels, 1)
+            np.add.at(correct, labels, pred == labels)
+    per_class = np.divide(correct, total, out=np.zeros_like(correct), where=total > 0)
+    present = total > 0
+    return {
+        "accuracy": 100.0 * correct.sum() / max(1, total.sum()),
+        "mean_class_accuracy": 100.0 * per_class[present].mean() if present.any() else 0.0,
+        "per_class_accuracy": (100.0 * per_class).tolist(),
+        "loss": loss_sum / max(1, count),
+    }
+
+
+def train(config: TrainConfig, report: Optional[Reporter] = None, rank: int = 0, world_size: int = 1,
+          echo=print) -> RunResult:
+    start_time = time.perf_counter()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    device = build.resolve_device(config.device)
+    spec = get_task(config.data.task)
+    train_data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
+    test_data = load_task_split(spec, "test", config.data.root, config.data.cache_dir, config.data.allow_pickle)
+    num_classes = train_data.num_classes
+    model = build.build_model(config, num_classes, echo).to(device)
+    if isinstance(model, PointPEFTModel) and model.peft_config.uses_bank:
+        _attach_bank(model, spec, train_data, config, echo)
+    optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
+    train_loader = task_loader(spec, train_data, "train", config.optim.batch_size, seed=config.seed,
+                               rank=rank, world_size=world_size, augment=config.data.augment)
+    test_loader = task_loader(spec, test_data, "test", config.optim.batch_size)
+    views = config.data.voting_views or 1
+    vote_augment = build_augmentation("scale_translate")
+    result = RunResult(trainable_params=build.trainable_count(model),
+                       total_params=sum(p.numel() for p in model.parameters()))
+    use_bf16 = config.bf16 and device.type == "cuda"
+    for epoch in range(config.optim.epochs):
+        lr = build.lr_at(epoch, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_stats = _train_epoch(model, optimizer, train_loader, epoch, config, device, use_bf16)
+        metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs:
+            evaluation = evaluate(model, test_loader, device, num_classes, views, vote_augment, config.seed)
+            metrics.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class_accuracy"})
+            metrics["val_per_class_accuracy"] = evaluation["per_class_accuracy"]
+            if evaluation["accuracy"] > result.best_accuracy or result.best_epoch < 0:
+                result.best_accuracy, result.best_epoch = evaluation["accuracy"], epoch + 1
+        metrics["best_accuracy"] = result.best_accuracy
+        result.history.append(metrics)
+        if report is not None:
+            report(metrics)
+    result.final = result.history[-1]
+    result.wall_seconds = time.perf_counter() - start_time
+    return result
+
+
+def _attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, echo) -> None:
+    """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
+    from ..data.cache import default_cache_dir
+    from ..data.loader import BatchLoader
+
+    loader = BatchLoader(train_data, 64, num_points=spec.num_points if train_data.points_per_sample > spec.num_points
+                         else None, subsample="first")
+    batches = [batch.points for batch in loader]
+    cache_dir = Path(config.data.cache_dir or default_cache_dir()) / "memory_banks"
+    dataset_key = f"{train_data.source}|{len(train_data)}|{spec.num_points}"
+    bank = model.build_memory_bank(batches, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
+    echo(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")
+
+
+def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, device, use_bf16: bool) -> dict:
+    build.set_train_mode(model, True)
+    loader.set_epoch(epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = build.forward(model, batch.points, batch.index)
+        loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=config.optim.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
+        optimizer.step()
+        loss_sum += loss.item() * batch.labels.numel()
+        correct += (logits.argmax(-1) == batch.labels).sum().item()
+        seen += batch.labels.numel()
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * correct / max(1, seen),
+            "samples_per_second": seen / max(seconds, 1e-9)}

@@ -1,0 +1,84 @@
+"""The training loop as a plain function of a config (in-process)."""
+import math
+
+import pytest
+import torch
+
+from pointpeft_ray.engine import build
+from pointpeft_ray.engine.config import TrainConfig
+from pointpeft_ray.engine.loop import TrainingDivergedError, train
+from pointpeft_ray.errors import ConfigError
+from tests.test_tasks import write_scanobjectnn
+
+
+def tiny_config(tmp_path, mode="peft", **changes):
+    root = write_scanobjectnn(tmp_path / "scan", n=(48, 16), points=256)
+    raw = {
+        "mode": mode,
+        "model": {"preset": "tiny"},
+        "data": {"task": "scanobjectnn/obj_bg", "root": str(root), "cache_dir": str(tmp_path / "cache")},
+        "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
+        **changes,
+    }
+    return TrainConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize("mode", ["peft", "full", "linear"])
+def test_every_mode_trains_and_reports(tmp_path, mode):
+    reports = []
+    result = train(tiny_config(tmp_path, mode), report=reports.append, echo=lambda *_: None)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    last = reports[-1]
+    for key in ("train_loss", "train_accuracy", "val_accuracy", "val_mean_class_accuracy", "val_loss", "lr"):
+        assert math.isfinite(last[key]), key
+    assert len(last["val_per_class_accuracy"]) == 15
+    assert result.best_epoch in (1, 2) and 0 <= result.best_accuracy <= 100
+    model = build.build_model(tiny_config(tmp_path, mode), 15, echo=lambda *_: None)
+    head = sum(p.numel() for p in model.cls_head_finetune.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    expected = {"linear": head, "full": total}.get(mode)
+    if expected is not None:
+        assert result.trainable_params == expected
+    else:
+        assert head < result.trainable_params < 0.3 * total
+
+
+def test_schedule_warmup_then_cosine(tmp_path):
+    config = TrainConfig.from_dict({"optim": {"epochs": 20, "warmup_epochs": 5, "lr": 1e-3}})
+    lrs = [build.lr_at(e, config) for e in range(20)]
+    assert lrs[0] == pytest.approx(1e-6) and lrs[5] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6])) and all(a > b for a, b in zip(lrs[5:], lrs[6:]))
+
+
+def test_no_weight_decay_on_1d_biases_and_tokens(tmp_path):
+    config = tiny_config(tmp_path)
+    model = build.build_model(config, 15, echo=lambda *_: None)
+    decay, no_decay = build.parameter_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 and "token" not in names[id(p)] for p in decay["params"])
+    assert any("prompt.tokens" == names[id(p)] for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_linear_probe_keeps_backbone_frozen_and_deterministic(tmp_path):
+    model = build.build_model(tiny_config(tmp_path, "linear"), 15, echo=lambda *_: None)
+    build.set_train_mode(model, True)
+    assert not model.blocks.training and model.cls_head_finetune.training
+    assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("cls_head_finetune"))
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path):
+    config = tiny_config(tmp_path, optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e30})
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 1, step \d+"):
+        train(config, echo=lambda *_: None)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        TrainConfig.from_dict({"optim": {"epochs": 5, "warmup_epochs": 5}})
+    with pytest.raises(ConfigError, match="config file not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lrr: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: .*'lrr' \(did you mean 'lr'"):
+        TrainConfig.from_yaml(bad)
