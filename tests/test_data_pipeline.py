@@ -1,6 +1,5 @@
 """Arrow cache, batch loader and transforms."""
 import math
-import os
 
 import numpy as np
 import pyarrow as pa

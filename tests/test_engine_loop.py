@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from pointpeft_ray.engine import build
 from pointpeft_ray.engine.config import TrainConfig

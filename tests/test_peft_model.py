@@ -1,4 +1,3 @@
-import copy
 import os
 
 import pytest
@@ -6,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pointpeft_ray import CheckpointError, ConfigError, MemoryBankError, PointPEFTConfig, PointPEFTModel, get_peft_model
-from pointpeft_ray.models import BackboneConfig, FullFinetuneClassifier, PointMAEBackbone
+from pointpeft_ray.models import FullFinetuneClassifier, PointMAEBackbone
 from pointpeft_ray.models.peft.model import BITFIT_SUFFIXES
 from pointpeft_ray.models.presets import get_preset
 from tests.conftest import random_clouds

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock
 
+from ..arrow_io import write_ipc_atomic
 from ..errors import DataFormatError
 from .split import PointSplit
 
@@ -87,16 +88,7 @@ def write_split(split: PointSplit, path: Path, key: dict) -> Path:
         "extra_shapes": {n: list(np.asarray(v).shape[1:]) for n, v in split.extras.items()},
     }
     table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(1, count))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_ipc_atomic(table, path)
 
 
 def read_split_metadata(path: Path) -> dict:

@@ -6,7 +6,6 @@ rank / world size for data sharding).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

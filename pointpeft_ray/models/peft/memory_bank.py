@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 import torch
 from filelock import FileLock
 
+from ...arrow_io import write_ipc_atomic
 from ...errors import MemoryBankError
 from ..ops import farthest_point_sample
 
@@ -200,17 +200,7 @@ def write_bank_file(bank: MemoryBank, path: Path) -> Path:
     )
     meta = {b"pointpeft.bank_key": json.dumps(bank.key, sort_keys=True).encode(),
             b"pointpeft.bank_format": str(BANK_FORMAT_VERSION).encode()}
-    table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_ipc_atomic(table.replace_schema_metadata(meta), path)
 
 
 def read_bank_file(path: Path) -> MemoryBank:
