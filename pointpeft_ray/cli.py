@@ -64,13 +64,25 @@ def _add_data_source_args(p) -> None:
     p.add_argument("--cache-dir", default=None, help="Arrow cache folder (default: $POINTPEFT_CACHE or ~/.cache/pointpeft-ray)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read pickled files (.dat/.pkl) through a numpy-only unpickler; pickles can run code")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, e.g. samples_per_class=200, points=2048, seed=1 (synthetic tasks)")
 
 
 def _load_splits(args) -> dict:
     from .data.tasks import get_task, load_task_split
 
-    spec = get_task(args.task)
+    spec = get_task(args.task).with_options(**_parse_options(args.option))
     return {split: load_task_split(spec, split, args.root, args.cache_dir, args.allow_pickle) for split in spec.splits}
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PointPEFTError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    return options
 
 
 def _run_data_prepare(args) -> int:

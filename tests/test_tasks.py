@@ -106,3 +106,17 @@ def test_data_cli_prepare_inspect_and_errors(tmp_path):
     assert result.returncode == 2 and "training_objectdataset.h5" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(list(cache.rglob("*.arrow"))) == 2
+
+
+def test_synthetic_task_options_and_determinism(tmp_path):
+    spec = get_task("synth/objonly").with_options(samples_per_class=2, points=128, seed=3)
+    a = load_task_split(spec, "train", cache_dir=tmp_path, progress=False)
+    assert a.points.shape == (30, 128, 3) and spec.num_points == 128
+    b = load_task_split(spec, "train", cache_dir=tmp_path / "other", progress=False)
+    assert np.array_equal(a.points, b.points)
+    test = load_task_split(spec, "test", cache_dir=tmp_path, progress=False)
+    assert len(test) == 30 and not np.array_equal(test.points, a.points)
+    with pytest.raises(DataFormatError, match=r"unknown option\(s\) \['sample'\]"):
+        get_task("synth/clean").with_options(sample=3)
+    with pytest.raises(DataFormatError, match="options: none"):
+        get_task("scanobjectnn/obj_bg").with_options(points=3)

@@ -31,6 +31,7 @@ SCANOBJECTNN_FILES = {
     "pb_t50_rs": ("main_split", "{split}_objectdataset_augmentedrot_scale75.h5"),
 }
 _SPLIT_FILE_NAMES = {"train": "training", "test": "test"}
+USER_OPTIONS = {"synthetic": ("samples_per_class", "points", "seed")}
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,15 @@ class TaskSpec:
     splits: tuple = ("train", "test")
 
     def with_options(self, **options) -> "TaskSpec":
-        return replace(self, options={**self.options, **options})
+        """User options (synthetic tasks: samples_per_class, points, seed)."""
+        if not options:
+            return self
+        allowed = USER_OPTIONS.get(self.family, ())
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise DataFormatError(f"task {self.name}: unknown option(s) {unknown}; options: {', '.join(allowed) or 'none'}")
+        points = int(options.get("points", self.num_points))
+        return replace(self, options={**self.options, **options}, num_points=points)
 
 
 def _synthetic(variant: str) -> TaskSpec:

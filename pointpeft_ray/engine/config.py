@@ -46,6 +46,8 @@ class DataSection(StrictConfig):
     allow_pickle: bool = False
     augment: Optional[str] = Field(None, description="training augmentation; None = the task's recipe")
     voting_views: Optional[int] = Field(None, ge=1, description="test-time views; None = the task's recipe")
+    options: dict = Field(default_factory=dict,
+                          description="task options, e.g. samples_per_class / points / seed of a synthetic task")
 
 
 class OptimSection(StrictConfig):

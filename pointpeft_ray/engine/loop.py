@@ -74,7 +74,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, rank: int = 0,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     device = build.resolve_device(config.device)
-    spec = get_task(config.data.task)
+    spec = get_task(config.data.task).with_options(**config.data.options)
     train_data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
     test_data = load_task_split(spec, "test", config.data.root, config.data.cache_dir, config.data.allow_pickle)
     num_classes = train_data.num_classes
