@@ -81,3 +81,17 @@ def test_config_errors_name_the_field(tmp_path):
     bad.write_text("optim:\n  lrr: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: .*'lrr' \(did you mean 'lr'"):
         TrainConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize("mode", ["peft", "full"])
+def test_rerun_with_the_same_run_dir_resumes(tmp_path, mode):
+    run_dir = tmp_path / "run"
+    first = train(tiny_config(tmp_path, mode, run_dir=str(run_dir)), echo=lambda *_: None)
+    assert (run_dir / "checkpoint" / "run_state.pt").is_file()
+    longer = tiny_config(tmp_path, mode, run_dir=str(run_dir), optim={"epochs": 3, "warmup_epochs": 1, "batch_size": 8})
+    messages, reports = [], []
+    resumed = train(longer, report=reports.append, echo=messages.append)
+    assert [r["epoch"] for r in reports] == [3]  # epochs 1-2 were not run again
+    assert any("[resume] from epoch 2" in m for m in messages)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[:2] == first.history

@@ -42,8 +42,9 @@ def set_train_mode(model: nn.Module, training: bool) -> None:
     stays in eval (BatchNorm statistics and drop-path off). PEFT models handle
     their own frozen BatchNorm."""
     model.train(training)
-    if training and getattr(model, "linear_probe", False):
-        for name, module in model.named_children():
+    inner = _unwrap(model)
+    if training and getattr(inner, "linear_probe", False):
+        for name, module in inner.named_children():
             if name != "cls_head_finetune":
                 module.eval()
 

@@ -21,6 +21,7 @@ from ..errors import PointPEFTError
 from ..models.peft.model import PointPEFTModel
 from . import build
 from .config import TrainConfig
+from .context import InProcessContext
 
 Reporter = Callable[[dict], None]
 
@@ -60,20 +61,24 @@ def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=No
             np.add.at(correct, labels, pred == labels)
     per_class = np.divide(correct, total, out=np.zeros_like(correct), where=total > 0)
     present = total > 0
+    # Plain floats: metrics go to JSON, Arrow tables and weights-only checkpoints.
     return {
-        "accuracy": 100.0 * correct.sum() / max(1, total.sum()),
-        "mean_class_accuracy": 100.0 * per_class[present].mean() if present.any() else 0.0,
-        "per_class_accuracy": (100.0 * per_class).tolist(),
-        "loss": loss_sum / max(1, count),
+        "accuracy": float(100.0 * correct.sum() / max(1, total.sum())),
+        "mean_class_accuracy": float(100.0 * per_class[present].mean()) if present.any() else 0.0,
+        "per_class_accuracy": [float(v) for v in 100.0 * per_class],
+        "loss": float(loss_sum / max(1, count)),
     }
 
 
-def train(config: TrainConfig, report: Optional[Reporter] = None, rank: int = 0, world_size: int = 1,
-          echo=print) -> RunResult:
+def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, echo=print) -> RunResult:
+    """Fine-tune per `config`. `context` says where this runs (in-process by default,
+    checkpointing under config.run_dir); `report` receives each epoch's metrics."""
     start_time = time.perf_counter()
+    if context is None:
+        context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
+    device = context.device
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    device = build.resolve_device(config.device)
     spec = get_task(config.data.task).with_options(**config.data.options)
     train_data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
     test_data = load_task_split(spec, "test", config.data.root, config.data.cache_dir, config.data.allow_pickle)
@@ -81,16 +86,18 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, rank: int = 0,
     model = build.build_model(config, num_classes, echo).to(device)
     if isinstance(model, PointPEFTModel) and model.peft_config.uses_bank:
         _attach_bank(model, spec, train_data, config, echo)
+    result = RunResult(trainable_params=build.trainable_count(model),
+                       total_params=sum(p.numel() for p in model.parameters()))
+    model = context.wrap_model(model)
     optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
+    start_epoch = _restore(context, model, optimizer, result, echo)
     train_loader = task_loader(spec, train_data, "train", config.optim.batch_size, seed=config.seed,
-                               rank=rank, world_size=world_size, augment=config.data.augment)
+                               rank=context.rank, world_size=context.world_size, augment=config.data.augment)
     test_loader = task_loader(spec, test_data, "test", config.optim.batch_size)
     views = config.data.voting_views or 1
     vote_augment = build_augmentation("scale_translate")
-    result = RunResult(trainable_params=build.trainable_count(model),
-                       total_params=sum(p.numel() for p in model.parameters()))
     use_bf16 = config.bf16 and device.type == "cuda"
-    for epoch in range(config.optim.epochs):
+    for epoch in range(start_epoch, config.optim.epochs):
         lr = build.lr_at(epoch, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -104,11 +111,38 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, rank: int = 0,
                 result.best_accuracy, result.best_epoch = evaluation["accuracy"], epoch + 1
         metrics["best_accuracy"] = result.best_accuracy
         result.history.append(metrics)
-        if report is not None:
-            report(metrics)
-    result.final = result.history[-1]
+        context.report(metrics, lambda: _run_state(model, optimizer, epoch + 1, result))
+    result.final = result.history[-1] if result.history else {}
     result.wall_seconds = time.perf_counter() - start_time
     return result
+
+
+def _run_state(model, optimizer, epochs_done: int, result: RunResult) -> dict:
+    """What a resumed run needs: the trained tensors (PEFT: the small adapter state),
+    the optimizer, and the progress so far."""
+    inner = getattr(model, "module", model)
+    weights = inner.adapter_state_dict() if isinstance(inner, PointPEFTModel) else inner.state_dict()
+    return {
+        "model": {k: v.detach().cpu() for k, v in weights.items()},
+        "optimizer": optimizer.state_dict(),
+        "epochs_done": epochs_done,
+        "best_accuracy": result.best_accuracy,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+    }
+
+
+def _restore(context, model, optimizer, result: RunResult, echo) -> int:
+    state = context.restore()
+    if state is None:
+        return 0
+    inner = getattr(model, "module", model)
+    inner.load_state_dict(state["model"], strict=not isinstance(inner, PointPEFTModel))
+    optimizer.load_state_dict(state["optimizer"])
+    result.best_accuracy, result.best_epoch = state["best_accuracy"], state["best_epoch"]
+    result.history = list(state["history"])
+    echo(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at {result.best_epoch})")
+    return int(state["epochs_done"])
 
 
 def _attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, echo) -> None:
