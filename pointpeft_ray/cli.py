@@ -119,36 +119,61 @@ def _add_data(sub) -> None:
 
 
 def _add_train(commands) -> None:
-    p = commands.add_parser("train", help="fine-tune (peft, full or linear) from a YAML config, in this process")
+    p = commands.add_parser("train", help="fine-tune (peft, full or linear) from a YAML config on Ray Train")
     p.add_argument("config", help="YAML file of a TrainConfig")
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--name", default=None, help="run name; rerunning the same name resumes (default: config file stem)")
+    p.add_argument("--storage", default=None, help="storage path or pyarrow.fs URI (default: ./runs)")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    p.add_argument("--in-process", action="store_true", help="run the loop in this process, without Ray")
     p.add_argument("--json", dest="json_path", default=None, help="write the run's history and summary as JSON")
     p.set_defaults(func=_run_train)
 
 
+def _print_epoch(metrics: dict) -> None:
+    val = f" val acc {metrics['val_accuracy']:.2f}" if "val_accuracy" in metrics else ""
+    print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  train acc "
+          f"{metrics['train_accuracy']:.2f}{val}  lr {metrics['lr']:.2e}  "
+          f"{metrics['train_samples_per_second']:.1f} samples/s", flush=True)
+
+
 def _run_train(args) -> int:
+    import time
+    from pathlib import Path
+
     from .bench.report import write_json
     from .engine.config import TrainConfig
-    from .engine.loop import train
 
     config = TrainConfig.from_yaml(args.config)
     if args.epochs is not None:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
+    start = time.perf_counter()
+    if args.in_process:
+        from .engine.loop import train
 
-    def progress(metrics: dict) -> None:
-        val = f" val acc {metrics['val_accuracy']:.2f}" if "val_accuracy" in metrics else ""
-        print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  train acc "
-              f"{metrics['train_accuracy']:.2f}{val}  lr {metrics['lr']:.2e}  "
-              f"{metrics['train_samples_per_second']:.1f} samples/s", flush=True)
+        result = train(config, report=_print_epoch)
+        summary = {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+                   "trainable_params": result.trainable_params, "history": result.history,
+                   "where": config.run_dir or "(not saved: no run_dir)"}
+    else:
+        from .distributed.train import RayRunSpec, fit
 
-    result = train(config, report=progress)
-    print(f"best accuracy {result.best_accuracy:.2f} at epoch {result.best_epoch}; trainable "
-          f"{result.trainable_params:,} of {result.total_params:,}; wall {result.wall_seconds:.1f}s")
+        spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, name=args.name or Path(args.config).stem,
+                          storage_path=args.storage, max_failures=args.max_failures)
+        result = fit(config, spec, args.address)
+        if result.error is not None:
+            raise PointPEFTError(f"training failed: {result.error}")
+        last = result.metrics or {}
+        summary = {"best_accuracy": last.get("best_accuracy"), "final": last,
+                   "where": str(result.checkpoint.path) if result.checkpoint else result.path}
+    summary["wall_seconds"] = time.perf_counter() - start
+    print(f"best accuracy {summary['best_accuracy']:.2f}; wall {summary['wall_seconds']:.1f}s; "
+          f"checkpoint: {summary['where']}")
     if args.json_path:
-        write_json(args.json_path, {"config": config.model_dump(), "best_accuracy": result.best_accuracy,
-                                    "best_epoch": result.best_epoch, "history": result.history,
-                                    "trainable_params": result.trainable_params,
-                                    "wall_seconds": result.wall_seconds})
+        write_json(args.json_path, {"config": config.model_dump(), **summary})
     return 0
 
 

@@ -9,7 +9,7 @@ variants=${*:-clean objonly objbg hardest}
 mkdir -p runs/hardness
 for v in $variants; do
     sed "s#task: synth/hardest#task: synth/$v#" configs/synth_small_full.yaml > "runs/hardness/$v.yaml"
-    pointpeft-ray train "runs/hardness/$v.yaml" --epochs "$epochs" --json "runs/hardness/$v.json" 2>&1 \
+    pointpeft-ray train "runs/hardness/$v.yaml" --in-process --epochs "$epochs" --json "runs/hardness/$v.json" 2>&1 \
         | grep -v "it/s\|obj/s" | tee "runs/hardness/$v.log"
 done
 python - "$@" <<'PY'

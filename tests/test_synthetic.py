@@ -6,7 +6,7 @@ import pytest
 
 from pointpeft_ray.data import PointSplit
 from pointpeft_ray.data.synthetic import CLASS_NAMES, DEFAULT_SAMPLES, GENERATOR_VERSION, VARIANTS, make_split
-from pointpeft_ray.data.synthetic.primitives import Shape
+from pointpeft_ray.data.synthetic.primitives import Shape, _rotation_to
 from pointpeft_ray.data.synthetic.scan import visible
 
 POINTS = 256
@@ -117,7 +117,6 @@ def test_scanner_sees_one_side_of_a_box():
     # an occluder in front hides what is behind it
     plate = Shape().rect((0.0, 0.0, 0.0), 0.4, 0.4).sample(3000, rng, with_normals=True)
     direction = (eye - centre) / np.linalg.norm(eye - centre)
-    from pointpeft_ray.data.synthetic.primitives import _rotation_to
     turn = _rotation_to(direction)
     plate_pts = plate[0] @ turn.T + centre + 0.6 * (eye - centre)
     both = visible(np.concatenate([points, plate_pts]), np.concatenate([normals, plate[1] @ turn.T]),

@@ -1,0 +1,20 @@
+"""Connecting to Ray: a given address (or RAY_ADDRESS), else an embedded local
+Ray bound to the loopback interface."""
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # The dashboard (bound to loopback) also serves the state API that Ray
+    # Train's clean-up monitor polls; without it that monitor logs warnings.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", log_to_driver=True)
