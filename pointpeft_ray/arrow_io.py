@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -20,3 +21,21 @@ def write_ipc_atomic(table: pa.Table, path: Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def fixed_size_list(values) -> pa.Array:
+    """(rows, ...) array -> one Arrow fixed-size-list per row; 1-D stays a plain column."""
+    values = np.asarray(values)
+    flat = pa.array(values.reshape(-1))
+    if values.ndim == 1:
+        return flat
+    return pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
+
+
+def column_numpy(table: pa.Table, name: str) -> np.ndarray:
+    """A column's values as a flat numpy array, zero-copy from a memory-mapped file."""
+    column = table.column(name)
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if pa.types.is_fixed_size_list(array.type):
+        array = array.flatten()
+    return array.to_numpy(zero_copy_only=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock
 
-from ..arrow_io import write_ipc_atomic
+from ..arrow_io import column_numpy, fixed_size_list, write_ipc_atomic
 from ..errors import DataFormatError
 from .split import PointSplit
 
@@ -68,15 +68,8 @@ def _read_if_fresh(path: Path, key: dict) -> PointSplit | None:
 
 def write_split(split: PointSplit, path: Path, key: dict) -> Path:
     count, per_sample = len(split), split.points_per_sample
-    columns = {
-        "points": pa.FixedSizeListArray.from_arrays(pa.array(split.points.reshape(-1)), per_sample * 3),
-        "label": pa.array(split.labels),
-    }
-    for name, values in split.extras.items():
-        values = np.asarray(values)
-        width = int(np.prod(values.shape[1:])) if values.ndim > 1 else 0
-        flat = pa.array(values.reshape(-1))
-        columns[f"extra.{name}"] = pa.FixedSizeListArray.from_arrays(flat, width) if width else flat
+    columns = {"points": fixed_size_list(split.points), "label": pa.array(split.labels)}
+    columns.update({f"extra.{name}": fixed_size_list(values) for name, values in split.extras.items()})
     meta = {
         "format": CACHE_FORMAT_VERSION,
         "key": key,
@@ -113,21 +106,11 @@ def read_split(path: str | Path) -> PointSplit:
     except (pa.ArrowInvalid, OSError) as err:
         raise DataFormatError(f"{path}: not a readable Arrow split cache ({err})") from None
     count, per_sample = meta["count"], meta["points_per_sample"]
-    points = _column_values(table, "points").reshape(count, per_sample, 3)
-    labels = _column_values(table, "label")
+    points = column_numpy(table, "points").reshape(count, per_sample, 3)
+    labels = column_numpy(table, "label")
     extras = {
-        name: _column_values(table, f"extra.{name}").reshape(count, *shape)
+        name: column_numpy(table, f"extra.{name}").reshape(count, *shape)
         for name, shape in meta.get("extra_shapes", {}).items()
     }
     return PointSplit(points, labels, meta["class_names"], name=meta["name"], source=str(path),
                       extras=extras, check=False)
-
-
-def _column_values(table: pa.Table, name: str) -> np.ndarray:
-    column = table.column(name)
-    if column.num_chunks != 1:
-        column = pa.chunked_array([column.combine_chunks()])
-    array = column.chunk(0)
-    if pa.types.is_fixed_size_list(array.type):
-        array = array.flatten()
-    return array.to_numpy(zero_copy_only=True)

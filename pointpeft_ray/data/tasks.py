@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataFormatError
-from ..models.ops import farthest_point_sample
+from ..models.ops import farthest_point_sample, gather_points
 from .cache import cache_path, default_cache_dir, load_or_build
 from .loader import BatchLoader
 from .split import PointSplit
@@ -197,7 +197,7 @@ def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int =
                       disable=not progress, leave=False):
         clouds = torch.from_numpy(np.ascontiguousarray(data.points[start:start + chunk]))
         idx = farthest_point_sample(clouds, count)  # the published GPU op's rules
-        parts.append(torch.gather(clouds, 1, idx.unsqueeze(-1).expand(-1, -1, 3)).numpy())
+        parts.append(gather_points(clouds, idx).numpy())
     return replace(data, points=np.concatenate(parts), check=False)
 
 

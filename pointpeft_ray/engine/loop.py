@@ -6,6 +6,7 @@ rank / world size for data sharding).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
     train_loader = task_loader(spec, train_data, "train", config.optim.batch_size, seed=config.seed,
                                rank=context.rank, world_size=context.world_size, augment=config.data.augment)
     test_loader = task_loader(spec, test_data, "test", config.optim.batch_size)
-    views = config.data.voting_views or 1
+    views = config.data.voting_views or spec.voting_views
     vote_augment = build_augmentation("scale_translate")
     use_bf16 = config.bf16 and device.type == "cuda"
     for epoch in range(start_epoch, config.optim.epochs):
@@ -152,10 +153,9 @@ def _attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, e
 
     loader = BatchLoader(train_data, 64, num_points=spec.num_points if train_data.points_per_sample > spec.num_points
                          else None, subsample="first")
-    batches = [batch.points for batch in loader]
     cache_dir = Path(config.data.cache_dir or default_cache_dir()) / "memory_banks"
     dataset_key = f"{train_data.source}|{len(train_data)}|{spec.num_points}"
-    bank = model.build_memory_bank(batches, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
+    bank = model.build_memory_bank(loader, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
     echo(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")
 
 
@@ -163,23 +163,25 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, devi
     build.set_train_mode(model, True)
     loader.set_epoch(epoch)
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, seen = 0.0, 0
+    correct = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync for it
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = build.forward(model, batch.points, batch.index)
         loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=config.optim.label_smoothing)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
         optimizer.step()
-        loss_sum += loss.item() * batch.labels.numel()
-        correct += (logits.argmax(-1) == batch.labels).sum().item()
+        loss_sum += loss_value * batch.labels.numel()
+        correct += (logits.argmax(-1) == batch.labels).sum()
         seen += batch.labels.numel()
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * correct / max(1, seen),
+    return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * correct.item() / max(1, seen),
             "samples_per_second": seen / max(seconds, 1e-9)}

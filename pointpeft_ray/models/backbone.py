@@ -103,6 +103,10 @@ class DropPath(nn.Module):
         return f"prob={self.prob}"
 
 
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -149,7 +153,7 @@ class Block(nn.Module):
         return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor, stochastic_depth: bool = True) -> torch.Tensor:
-        drop = self.drop_path if stochastic_depth else nn.Identity()
+        drop = self.drop_path if stochastic_depth else _keep
         x = x + drop(self.attention_branch(x))
         return x + drop(self.mlp_branch(x))
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 from filelock import FileLock
 
-from ...arrow_io import write_ipc_atomic
+from ...arrow_io import column_numpy, fixed_size_list, write_ipc_atomic
 from ...errors import MemoryBankError
 from ..ops import farthest_point_sample
 
@@ -160,12 +160,14 @@ def _points_of(batch) -> torch.Tensor:
         points = batch
     elif isinstance(batch, dict) and "points" in batch:
         points = batch["points"]
+    elif isinstance(getattr(batch, "points", None), torch.Tensor):
+        points = batch.points
     elif isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
         points = batch[0]
     else:
         raise MemoryBankError(
             f"memory bank batches must be point tensors (B, N, 3), (points, ...) tuples or "
-            f"dicts with 'points'; got {type(batch).__name__}"
+            f"dicts/objects with 'points'; got {type(batch).__name__}"
         )
     if points.dim() != 3 or points.shape[-1] < 3:
         raise MemoryBankError(f"memory bank batch has shape {tuple(points.shape)}; expected (B, N, 3)")
@@ -190,12 +192,11 @@ def _load_if_fresh(path: Path, key: dict) -> MemoryBank | None:
 
 
 def write_bank_file(bank: MemoryBank, path: Path) -> Path:
-    dim = bank.dim
     table = pa.table(
         {
             "sample_index": pa.array(np.arange(len(bank), dtype=np.int64)),
-            "max_feature": pa.FixedSizeListArray.from_arrays(pa.array(bank.max_features.numpy().reshape(-1)), dim),
-            "cls_feature": pa.FixedSizeListArray.from_arrays(pa.array(bank.cls_features.numpy().reshape(-1)), dim),
+            "max_feature": fixed_size_list(bank.max_features.numpy()),
+            "cls_feature": fixed_size_list(bank.cls_features.numpy()),
         }
     )
     meta = {b"pointpeft.bank_key": json.dumps(bank.key, sort_keys=True).encode(),
@@ -213,11 +214,8 @@ def read_bank_file(path: Path) -> MemoryBank:
     if b"pointpeft.bank_key" not in meta or not {"max_feature", "cls_feature"} <= set(table.column_names):
         raise MemoryBankError(f"{path}: missing bank metadata or columns (found {table.column_names})")
     key = json.loads(meta[b"pointpeft.bank_key"])
-    return MemoryBank(_column_matrix(table, "max_feature"), _column_matrix(table, "cls_feature"), key=key)
-
-
-def _column_matrix(table: pa.Table, name: str) -> torch.Tensor:
-    column = table.column(name).combine_chunks()
-    dim = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return torch.from_numpy(np.array(values, dtype=np.float32).reshape(-1, dim))
+    dim = table.schema.field("max_feature").type.list_size
+    # Copied out of the mapped file: the bank moves to the model's device anyway.
+    features = [torch.from_numpy(column_numpy(table, name).reshape(-1, dim).copy())
+                for name in ("max_feature", "cls_feature")]
+    return MemoryBank(*features, key=key)
