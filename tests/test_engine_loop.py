@@ -2,11 +2,13 @@
 import math
 
 import pytest
+import torch
 
 from pointpeft_ray.engine import build
 from pointpeft_ray.engine.config import TrainConfig
-from pointpeft_ray.engine.loop import TrainingDivergedError, train
+from pointpeft_ray.engine.loop import ADAPTER_DIR, MODEL_FILE, TrainingDivergedError, build_seeded_model, train
 from pointpeft_ray.errors import ConfigError
+from pointpeft_ray.models.peft.model import PointPEFTModel
 from tests.test_tasks import write_scanobjectnn
 
 
@@ -84,14 +86,60 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["peft", "full"])
-def test_rerun_with_the_same_run_dir_resumes(tmp_path, mode):
+def test_rerun_with_the_same_run_dir_resumes_exactly(tmp_path, mode):
+    """Epochs 1-2, then a rerun to 3 epochs, equals 3 epochs in one go (RNG state included)."""
     run_dir = tmp_path / "run"
     first = train(tiny_config(tmp_path, mode, run_dir=str(run_dir)), echo=lambda *_: None)
-    assert (run_dir / "checkpoint" / "run_state.pt").is_file()
-    longer = tiny_config(tmp_path, mode, run_dir=str(run_dir), optim={"epochs": 3, "warmup_epochs": 1, "batch_size": 8})
+    assert (run_dir / "last" / "run_state.pt").is_file()
+    longer = {"epochs": 3, "warmup_epochs": 1, "batch_size": 8}
     messages, reports = [], []
-    resumed = train(longer, report=reports.append, echo=messages.append)
+    resumed = train(tiny_config(tmp_path, mode, run_dir=str(run_dir), optim=longer),
+                    report=reports.append, echo=messages.append)
     assert [r["epoch"] for r in reports] == [3]  # epochs 1-2 were not run again
     assert any("[resume] from epoch 2" in m for m in messages)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == first.history
+    straight = train(tiny_config(tmp_path, mode, optim=longer), echo=lambda *_: None)
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert resumed.history[-1][key] == pytest.approx(straight.history[-1][key], rel=1e-5), key
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_best_and_last_checkpoints_and_usable_best_adapter(tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_config(tmp_path, run_dir=str(run_dir), optim={"epochs": 4, "warmup_epochs": 1, "batch_size": 8})
+    result = train(config, echo=lambda *_: None)
+    last, best = _state(run_dir / "last" / "run_state.pt"), _state(run_dir / "best" / "run_state.pt")
+    assert last["epochs_done"] == 4 and best["epochs_done"] == result.best_epoch
+    assert best["best_accuracy"] == result.best_accuracy == max(h["val_accuracy"] for h in result.history)
+    # The exported adapter is the best epoch's weights, and loads onto the same backbone.
+    model = build_seeded_model(config, 15, echo=lambda *_: None)
+    peft = PointPEFTModel.from_adapter(model.backbone, run_dir / "best" / ADAPTER_DIR)
+    exported = peft.adapter_state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in best["model"].items())
+    assert not list(run_dir.glob(".*"))  # no temporaries left behind
+
+
+def test_full_fine_tune_exports_classifier_weights(tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_config(tmp_path, "full", run_dir=str(run_dir), optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 8})
+    train(config, echo=lambda *_: None)
+    fresh = build.build_model(config.replace(model={"preset": "tiny", "checkpoint": str(run_dir / "best" / MODEL_FILE)}),
+                              15, echo=lambda *_: None)
+    saved = _state(run_dir / "best" / MODEL_FILE)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_tensorboard_event_files_hold_the_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(tmp_path, run_dir=str(run_dir)), echo=lambda *_: None)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "accuracy/val", "optim/lr", "speed/samples_per_second"} <= tags
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+from ..atomic import atomic_file
+
 
 def machine_info(device: str) -> dict:
     info = {
@@ -41,9 +43,6 @@ def _fmt(value: object) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return Path(path)

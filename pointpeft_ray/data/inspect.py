@@ -2,11 +2,11 @@
 sample, and a PNG of a few samples of every class."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_file
 from .split import PointSplit
 
 
@@ -65,10 +65,7 @@ def render_samples_png(data: PointSplit, path: str | Path, per_class: int = 3, s
             if col == 0:
                 ax.set_title(name, fontsize=8, loc="left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)

@@ -43,6 +43,7 @@ class BatchLoader:
         augment: Transform | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pad_shards: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -54,6 +55,9 @@ class BatchLoader:
         self.subsample = Subsample(num_points, subsample) if num_points is not None else None
         self.augment = augment
         self.rank, self.world_size = rank, world_size
+        # Training needs equal shards (every rank takes the same number of DDP steps);
+        # evaluation must count each sample exactly once, so its shards are not padded.
+        self.pad_shards = pad_shards
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,6 +70,8 @@ class BatchLoader:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(count)
         else:
             order = np.arange(count)
+        if self.world_size > 1 and not self.pad_shards:
+            return order[self.rank::self.world_size]
         if self.world_size > 1:
             # Equal shards for every rank (wrapping around), as DistributedSampler does.
             per_rank = math.ceil(count / self.world_size)

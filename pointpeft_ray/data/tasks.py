@@ -129,7 +129,8 @@ def task_loader(spec: TaskSpec, data: PointSplit, split: str, batch_size: int, *
         return BatchLoader(data, batch_size, shuffle=True, drop_last=True, seed=seed, num_points=num_points,
                            subsample="random", augment=build_augmentation(augment or spec.train_augment),
                            rank=rank, world_size=world_size)
-    return BatchLoader(data, batch_size, num_points=num_points, subsample="first", rank=rank, world_size=world_size)
+    return BatchLoader(data, batch_size, num_points=num_points, subsample="first", rank=rank, world_size=world_size,
+                       pad_shards=False)
 
 
 def _cache_key(spec: TaskSpec, split: str, root: Path | None, allow_pickle: bool) -> dict:

@@ -1,48 +1,123 @@
-"""Fine-tuning on Ray Train: the same loop as in-process, run by TorchTrainer workers."""
+"""Fine-tuning on Ray Train: the same loop as in-process, run by TorchTrainer workers.
+
+Before the workers start, the memory bank (PEFT with a bank) is built once by a Ray
+task with a worker's resources and handed to every worker through the object store,
+so N workers never build it N times (and a restarted worker doesn't rebuild it).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..engine.config import TrainConfig
+
+SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
 
 
 @dataclass
 class RayRunSpec:
     workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs shared out among the workers
     name: str = "pointpeft-train"
     storage_path: str | None = None  # local folder or pyarrow.fs URI; default ./runs
     max_failures: int = 0
 
+    def resolved(self) -> "RayRunSpec":
+        """CPUs per worker filled in from the running cluster. Ray sets a worker's torch
+        threads from its CPU count, so one worker on a 2-core machine must ask for 2."""
+        if self.cpus_per_worker is not None:
+            return self
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return replace(self, cpus_per_worker=float(max(1, cpus // self.workers)))
+
+    def storage(self) -> str:
+        return self.storage_path or str(Path("runs").resolve())
+
+    def local_run_dir(self) -> Path | None:
+        """The run's folder when storage is a local path (None for a URI such as s3://)."""
+        storage = self.storage()
+        if "://" in storage and not storage.startswith("file://"):
+            return None
+        return Path(storage.removeprefix("file://")) / self.name
+
 
 def _worker_loop(loop_config: dict) -> None:
+    import ray
+
     from ..engine.context import RayTrainContext
     from ..engine.loop import train
 
     config = TrainConfig.from_dict(loop_config["config"])
-    train(config, context=RayTrainContext(), echo=print)
+    bank_ref = loop_config.get("bank")
+    bank = ray.get(bank_ref) if bank_ref is not None else None
+    train(config, context=RayTrainContext(), echo=print, bank=bank)
+
+
+def _build_bank(config_dict: dict, use_gpu: bool):
+    """Runs as a Ray task: the bank over the training split, via the on-disk cache."""
+    from ..engine.build import resolve_device
+    from ..engine.loop import attach_bank, build_seeded_model, load_run_data
+
+    config = TrainConfig.from_dict(config_dict)
+    spec, train_data, _ = load_run_data(config)
+    device = resolve_device("cuda" if use_gpu else "cpu")
+    model = build_seeded_model(config, train_data.num_classes).to(device)
+    bank = attach_bank(model, spec, train_data, config)
+    bank.max_features, bank.cls_features = bank.max_features.cpu(), bank.cls_features.cpu()
+    return bank
+
+
+def prepare_bank(config: TrainConfig, spec: RayRunSpec):
+    """An ObjectRef to the run's memory bank, or None when the run uses no bank."""
+    import ray
+
+    if config.mode != "peft" or not config.peft_config().uses_bank:
+        return None
+    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=1 if spec.use_gpu else 0)(_build_bank)
+    bank = ray.get(task.remote(config.model_dump(), spec.use_gpu))
+    return ray.put(bank)
+
+
+def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:
+    """TensorBoard files beside the Ray run (local storage), unless the config names a folder."""
+    run_dir = spec.local_run_dir()
+    if config.log_dir or run_dir is None:
+        return config
+    return config.replace(log_dir=str(run_dir / "tensorboard"))
 
 
 def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None):
-    """Run the fine-tune with `spec.workers` Ray Train workers; returns Ray's Result."""
+    """Run the fine-tune with `spec.workers` Ray Train workers; returns Ray's Result.
+    Rerunning with the same name and storage resumes from the latest checkpoint."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from .cluster import ensure_ray
 
     ensure_ray(address)
-    storage = spec.storage_path or str(Path("runs").resolve())
+    spec = spec.resolved()
+    config = with_log_dir(config, spec)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.model_dump()},
+        train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec)},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                                resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=spec.name, storage_path=storage,
+            name=spec.name, storage_path=spec.storage(),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # The best-scoring checkpoint is kept, and Ray always keeps the latest.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
+                                                         checkpoint_score_order="max"),
         ),
     )
     return trainer.fit()
+
+
+def best_checkpoint(result):
+    """The checkpoint of the best validation epoch (holds the exported adapter / model)."""
+    scored = [(metrics.get(SCORE_METRIC, -1.0), checkpoint) for checkpoint, metrics in result.best_checkpoints or []]
+    scored = [item for item in scored if item[0] >= 0]
+    return max(scored, key=lambda item: item[0])[1] if scored else None

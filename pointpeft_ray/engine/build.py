@@ -8,6 +8,7 @@ from torch import nn
 
 from ..models import FullFinetuneClassifier, PointMAEBackbone, get_peft_model, load_checkpoint
 from ..models.peft.model import PointPEFTModel
+from ..errors import ConfigError
 from .config import TrainConfig
 
 
@@ -42,7 +43,7 @@ def set_train_mode(model: nn.Module, training: bool) -> None:
     stays in eval (BatchNorm statistics and drop-path off). PEFT models handle
     their own frozen BatchNorm."""
     model.train(training)
-    inner = _unwrap(model)
+    inner = unwrap(model)
     if training and getattr(inner, "linear_probe", False):
         for name, module in inner.named_children():
             if name != "cls_head_finetune":
@@ -76,6 +77,14 @@ def trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def per_worker_batch(batch_size: int, world_size: int) -> int:
+    """optim.batch_size is the global batch: N workers each take 1/N of it, so a
+    multi-worker run follows the same optimisation path as one worker."""
+    if batch_size % world_size:
+        raise ConfigError(f"optim.batch_size ({batch_size}) must be divisible by the number of workers ({world_size})")
+    return batch_size // world_size
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,10 +92,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def forward(model: nn.Module, points: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    if isinstance(_unwrap(model), PointPEFTModel):
+    if isinstance(unwrap(model), PointPEFTModel):
         return model(points, sample_index=index)
     return model(points)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
     return getattr(model, "module", model)

@@ -78,12 +78,18 @@ class TrainConfig(StrictConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     eval_every: int = Field(1, ge=1)
-    run_dir: Optional[str] = Field(None, description="checkpoints and TensorBoard logs")
+    run_dir: Optional[str] = Field(None, description="in-process runs: checkpoints (last/, best/) and TensorBoard logs")
+    log_dir: Optional[str] = Field(None, description="TensorBoard event files; default run_dir/tensorboard")
 
     @model_validator(mode="after")
     def _peft_valid(self):
         self.peft_config()
         return self
+
+    def tensorboard_dir(self) -> Optional[Path]:
+        if self.log_dir:
+            return Path(self.log_dir)
+        return Path(self.run_dir) / "tensorboard" if self.run_dir else None
 
     def peft_config(self) -> PointPEFTConfig:
         return PointPEFTConfig.from_dict({**self.model.peft_defaults(), **self.peft}, where="peft")

@@ -3,23 +3,44 @@ in-process, on a Ray Train worker, or in a Ray Tune trial.
 
 A context gives the rank, world size and device, wraps the model (DDP under Ray
 Train), saves and restores the run state, and receives each epoch's metrics.
+
+Two checkpoints are kept: the last one (what a resumed run continues from) and the
+best one (highest validation accuracy), which also holds the usable model artefact
+(an adapter directory for PEFT, the classifier's weights otherwise).
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_directory, atomic_file
+
 STATE_FILE = "run_state.pt"
-StateFn = Callable[[], dict]
+LAST_DIR = "last"
+BEST_DIR = "best"
+
+
+@dataclass
+class Snapshot:
+    """How to write the run at this point: `state` for resuming, `export` for using the model."""
+
+    state: Callable[[], dict]
+    export: Callable[[Path], None]
+
+    def write(self, directory: Path, export: bool) -> None:
+        save_state(self.state(), directory / STATE_FILE)
+        if export:
+            self.export(directory)
 
 
 class InProcessContext:
-    """Single process; checkpoints (if a run directory is given) under run_dir/checkpoint."""
+    """Single process; checkpoints (if a run directory is given) under run_dir/last and run_dir/best."""
 
     rank = 0
     world_size = 1
@@ -36,18 +57,29 @@ class InProcessContext:
     def restore(self) -> dict | None:
         if self.run_dir is None:
             return None
-        path = self.run_dir / "checkpoint" / STATE_FILE
+        path = self.run_dir / LAST_DIR / STATE_FILE
         return load_state(path) if path.is_file() else None
 
-    def report(self, metrics: dict, state_fn: StateFn | None) -> None:
-        if self.run_dir is not None and state_fn is not None:
-            save_state(state_fn(), self.run_dir / "checkpoint" / STATE_FILE)
+    def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
+        if self.run_dir is not None and snapshot is not None:
+            with atomic_directory(self.run_dir / LAST_DIR) as staging:
+                snapshot.write(staging, export=False)
+            if is_best:
+                with atomic_directory(self.run_dir / BEST_DIR) as staging:
+                    # The best epoch is this one: share the state file just written.
+                    os.link(self.run_dir / LAST_DIR / STATE_FILE, staging / STATE_FILE)
+                    snapshot.export(staging)
         if self.on_report is not None:
             self.on_report(metrics)
 
 
 class RayTrainContext:
-    """Inside a Ray Train worker: ranks and devices from Ray, checkpoints through ray.train.report."""
+    """Inside a Ray Train worker: ranks and devices from Ray, checkpoints through ray.train.report.
+
+    Every checkpoint carries `checkpoint_score` (the validation accuracy when the epoch
+    is a new best, else -1): with CheckpointConfig(num_to_keep=1, score attribute), Ray
+    keeps exactly the best checkpoint plus the latest one.
+    """
 
     def __init__(self):
         import ray.train
@@ -73,22 +105,21 @@ class RayTrainContext:
         with checkpoint.as_directory() as directory:
             return load_state(Path(directory) / STATE_FILE)
 
-    def report(self, metrics: dict, state_fn: StateFn | None) -> None:
+    def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
         import ray.train
 
-        if state_fn is None or self.rank != 0:
+        metrics = {**metrics, "checkpoint_score": metrics.get("val_accuracy", -1.0) if is_best else -1.0}
+        if snapshot is None or self.rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="pointpeft-ckpt-") as directory:
-            save_state(state_fn(), Path(directory) / STATE_FILE)
+            snapshot.write(Path(directory), export=is_best)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
 def save_state(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(path: Path) -> dict:

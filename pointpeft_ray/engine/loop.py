@@ -19,12 +19,16 @@ import torch.nn.functional as F
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..data.transforms import build_augmentation, voting_views
 from ..errors import PointPEFTError
+from ..models.peft.memory_bank import MemoryBank
 from ..models.peft.model import PointPEFTModel
 from . import build
 from .config import TrainConfig
-from .context import InProcessContext
+from .context import InProcessContext, Snapshot
+from .tensorboard import ScalarLogger
 
 Reporter = Callable[[dict], None]
+ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
+MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
 
 
 class TrainingDivergedError(PointPEFTError):
@@ -43,23 +47,28 @@ class RunResult:
 
 
 def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=None, seed: int = 0) -> dict:
-    """Overall accuracy, mean class accuracy, per-class accuracy and loss."""
+    """Overall accuracy, mean class accuracy, per-class accuracy and loss.
+
+    Under DDP each rank evaluates its own shard (unpadded: every sample counts once)
+    with the unwrapped model, and the counts are summed across ranks.
+    """
+    model = build.unwrap(model)
     build.set_train_mode(model, False)
-    correct = np.zeros(num_classes)
-    total = np.zeros(num_classes)
-    loss_sum, count = 0.0, 0
+    correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    total = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(device)
             inputs = voting_views(batch.points, views, augment, gen) if views > 1 else [batch.points]
             logits = torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
-            loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-            count += batch.labels.numel()
-            pred = logits.argmax(-1).cpu().numpy()
-            labels = batch.labels.cpu().numpy()
-            np.add.at(total, labels, 1)
-            np.add.at(correct, labels, pred == labels)
+            loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum")
+            total.index_add_(0, batch.labels, torch.ones_like(batch.labels, dtype=torch.float64))
+            hits = (logits.argmax(-1) == batch.labels).double()
+            correct.index_add_(0, batch.labels, hits)
+    sums = _sum_across_ranks(torch.cat([correct, total, loss_sum.view(1)]))
+    correct, total, loss_sum = sums[:num_classes].numpy(), sums[num_classes:-1].numpy(), float(sums[-1])
     per_class = np.divide(correct, total, out=np.zeros_like(correct), where=total > 0)
     present = total > 0
     # Plain floats: metrics go to JSON, Arrow tables and weights-only checkpoints.
@@ -67,61 +76,110 @@ def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=No
         "accuracy": float(100.0 * correct.sum() / max(1, total.sum())),
         "mean_class_accuracy": float(100.0 * per_class[present].mean()) if present.any() else 0.0,
         "per_class_accuracy": [float(v) for v in 100.0 * per_class],
-        "loss": float(loss_sum / max(1, count)),
+        "loss": float(loss_sum / max(1, total.sum())),
     }
 
 
-def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, echo=print) -> RunResult:
+def _sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) when running under torch.distributed; returned on the CPU."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values.cpu()
+
+
+def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, echo=print,
+          bank: MemoryBank | None = None) -> RunResult:
     """Fine-tune per `config`. `context` says where this runs (in-process by default,
-    checkpointing under config.run_dir); `report` receives each epoch's metrics."""
+    checkpointing under config.run_dir); `report` receives each epoch's metrics.
+    `bank`: a memory bank built beforehand (by the Ray driver), else built or read
+    from the cache here."""
     start_time = time.perf_counter()
     if context is None:
         context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
     device = context.device
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    spec = get_task(config.data.task).with_options(**config.data.options)
-    train_data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
-    test_data = load_task_split(spec, "test", config.data.root, config.data.cache_dir, config.data.allow_pickle)
-    num_classes = train_data.num_classes
-    model = build.build_model(config, num_classes, echo).to(device)
+    spec, train_data, test_data = load_run_data(config)
+    model = build_seeded_model(config, train_data.num_classes, echo).to(device)
     if isinstance(model, PointPEFTModel) and model.peft_config.uses_bank:
-        _attach_bank(model, spec, train_data, config, echo)
+        if bank is not None:
+            model.attach_memory_bank(bank)
+            echo(f"[bank] {len(bank)} rows, handed over by the driver")
+        else:
+            attach_bank(model, spec, train_data, config, echo)
     result = RunResult(trainable_params=build.trainable_count(model),
                        total_params=sum(p.numel() for p in model.parameters()))
     model = context.wrap_model(model)
     optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
     start_epoch = _restore(context, model, optimizer, result, echo)
-    train_loader = task_loader(spec, train_data, "train", config.optim.batch_size, seed=config.seed,
+    batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
+    train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed,
                                rank=context.rank, world_size=context.world_size, augment=config.data.augment)
-    test_loader = task_loader(spec, test_data, "test", config.optim.batch_size)
+    test_loader = task_loader(spec, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size)
     views = config.data.voting_views or spec.voting_views
     vote_augment = build_augmentation("scale_translate")
     use_bf16 = config.bf16 and device.type == "cuda"
-    for epoch in range(start_epoch, config.optim.epochs):
-        lr = build.lr_at(epoch, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_stats = _train_epoch(model, optimizer, train_loader, epoch, config, device, use_bf16)
-        metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs:
-            evaluation = evaluate(model, test_loader, device, num_classes, views, vote_augment, config.seed)
-            metrics.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class_accuracy"})
-            metrics["val_per_class_accuracy"] = evaluation["per_class_accuracy"]
-            if evaluation["accuracy"] > result.best_accuracy or result.best_epoch < 0:
-                result.best_accuracy, result.best_epoch = evaluation["accuracy"], epoch + 1
-        metrics["best_accuracy"] = result.best_accuracy
-        result.history.append(metrics)
-        context.report(metrics, lambda: _run_state(model, optimizer, epoch + 1, result))
+    scalars = ScalarLogger(config.tensorboard_dir() if context.rank == 0 else None)
+    snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
+                        export=lambda directory: export_model(model, directory))
+    try:
+        for epoch in range(start_epoch, config.optim.epochs):
+            lr = build.lr_at(epoch, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            train_stats = _train_epoch(model, optimizer, train_loader, epoch, config, device, use_bf16)
+            metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
+                       "trainable_params": result.trainable_params}
+            is_best = False
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs:
+                evaluation = evaluate(model, test_loader, device, num_classes=train_data.num_classes,
+                                      views=views, augment=vote_augment, seed=config.seed)
+                metrics.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class_accuracy"})
+                metrics["val_per_class_accuracy"] = evaluation["per_class_accuracy"]
+                is_best = evaluation["accuracy"] > result.best_accuracy or result.best_epoch < 0
+                if is_best:
+                    result.best_accuracy, result.best_epoch = evaluation["accuracy"], epoch + 1
+            metrics["best_accuracy"] = result.best_accuracy
+            metrics["best_epoch"] = result.best_epoch
+            result.history.append(metrics)
+            scalars.log_epoch(metrics)
+            context.report(metrics, snapshot, is_best)
+    finally:
+        scalars.close()
     result.final = result.history[-1] if result.history else {}
     result.wall_seconds = time.perf_counter() - start_time
     return result
 
 
+def load_run_data(config: TrainConfig):
+    """The task spec and its train / test splits (generated or read into the cache)."""
+    spec = get_task(config.data.task).with_options(**config.data.options)
+    splits = [load_task_split(spec, split, config.data.root, config.data.cache_dir, config.data.allow_pickle)
+              for split in ("train", "test")]
+    return spec, *splits
+
+
+def build_seeded_model(config: TrainConfig, num_classes: int, echo=print) -> torch.nn.Module:
+    """The model for `config`, initialised from config.seed: every Ray worker and the
+    driver (which builds the memory bank) get identical weights."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    return build.build_model(config, num_classes, echo)
+
+
+def export_model(model, directory: Path) -> None:
+    """The usable artefact of a run: the adapter directory (PEFT) or the classifier's weights."""
+    inner = build.unwrap(model)
+    if isinstance(inner, PointPEFTModel):
+        inner.save_adapter(Path(directory) / ADAPTER_DIR)
+    else:
+        torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, Path(directory) / MODEL_FILE)
+
+
 def _run_state(model, optimizer, epochs_done: int, result: RunResult) -> dict:
     """What a resumed run needs: the trained tensors (PEFT: the small adapter state),
     the optimizer, and the progress so far."""
-    inner = getattr(model, "module", model)
+    inner = build.unwrap(model)
     weights = inner.adapter_state_dict() if isinstance(inner, PointPEFTModel) else inner.state_dict()
     return {
         "model": {k: v.detach().cpu() for k, v in weights.items()},
@@ -130,6 +188,9 @@ def _run_state(model, optimizer, epochs_done: int, result: RunResult) -> dict:
         "best_accuracy": result.best_accuracy,
         "best_epoch": result.best_epoch,
         "history": result.history,
+        # The RNG that drives dropout / drop-path: a resumed run repeats the uninterrupted one.
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -137,16 +198,19 @@ def _restore(context, model, optimizer, result: RunResult, echo) -> int:
     state = context.restore()
     if state is None:
         return 0
-    inner = getattr(model, "module", model)
+    inner = build.unwrap(model)
     inner.load_state_dict(state["model"], strict=not isinstance(inner, PointPEFTModel))
     optimizer.load_state_dict(state["optimizer"])
     result.best_accuracy, result.best_epoch = state["best_accuracy"], state["best_epoch"]
     result.history = list(state["history"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     echo(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at {result.best_epoch})")
     return int(state["epochs_done"])
 
 
-def _attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, echo) -> None:
+def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, echo=print) -> MemoryBank:
     """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
     from ..data.cache import default_cache_dir
     from ..data.loader import BatchLoader
@@ -157,6 +221,7 @@ def _attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, e
     dataset_key = f"{train_data.source}|{len(train_data)}|{spec.num_points}"
     bank = model.build_memory_bank(loader, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
     echo(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")
+    return bank
 
 
 def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, device, use_bf16: bool) -> dict:

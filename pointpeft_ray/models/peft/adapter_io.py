@@ -8,15 +8,13 @@ Layout of an adapter directory:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from ...atomic import atomic_directory
 from ...errors import CheckpointError
 from .memory_bank import read_bank_file, write_bank_file
 
@@ -45,28 +43,13 @@ def save_adapter(model: "PointPEFTModel", directory: str | Path, include_memory_
     }
     # Build the whole directory under a temporary name, then swap it in, so a
     # reader never finds half an adapter.
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         state = {k: v.detach().cpu().contiguous() for k, v in model.adapter_state_dict().items()}
         torch.save(state, staging / WEIGHTS_NAME)
         if include_memory_bank and model.memory_bank is not None:
             write_bank_file(model.memory_bank, staging / BANK_NAME)
         (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _swap_in(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return directory
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(staging, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, directory)
 
 
 def read_adapter_config(directory: str | Path) -> dict:
