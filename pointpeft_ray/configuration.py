@@ -7,8 +7,10 @@ into one readable :class:`ConfigError`.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
@@ -34,6 +36,20 @@ class StrictConfig(BaseModel):
             if where:
                 raise ConfigError(f"{where}: {err}") from None
             raise
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        """Build from a YAML file; errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+        return cls.from_dict(raw, where=str(path))
 
     def replace(self, **changes: Any):
         """A copy with some fields changed, validated again."""

@@ -16,22 +16,47 @@ from ..errors import CheckpointError
 # published pre-train / fine-tune code.
 _WRAPPER_PREFIXES = ("module.",)
 _MODEL_PREFIXES = ("MAE_encoder.", "base_model.", "transformer_q.")
+# Parts of the Point-MAE pre-training model that fine-tuning never uses: the
+# decoder, its mask token and positions, and the point-prediction head.
+PRETRAIN_HEAD_KEYS = ("mask_token",)
+PRETRAIN_HEAD_PREFIXES = ("MAE_decoder.", "decoder_pos_embed.", "increase_dim.")
 
 
 @dataclass
 class LoadReport:
+    """`unexpected` is every checkpoint tensor the model did not take (torch's
+    meaning); it splits into `pretrain_heads` (the known pre-training-only parts,
+    expected to be ignored) and `unknown` (anything else: worth a look)."""
+
     path: str
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     loaded: int = 0
 
+    @property
+    def pretrain_heads(self) -> list[str]:
+        return [key for key in self.unexpected if is_pretrain_head_key(key)]
+
+    @property
+    def unknown(self) -> list[str]:
+        return [key for key in self.unexpected if not is_pretrain_head_key(key)]
+
     def __str__(self) -> str:
         lines = [f"loaded {self.loaded} tensors from {self.path}"]
         if self.missing:
             lines.append(f"missing ({len(self.missing)}): {', '.join(self.missing)}")
-        if self.unexpected:
-            lines.append(f"unexpected ({len(self.unexpected)}): {', '.join(_summarise(self.unexpected))}")
+        if self.pretrain_heads:
+            heads = self.pretrain_heads
+            lines.append(f"ignored pre-training heads ({len(heads)}): {', '.join(_summarise(heads, limit=0))}")
+        if self.unknown:
+            lines.append(f"unexpected ({len(self.unknown)}): {', '.join(_summarise(self.unknown))}")
         return "\n".join(lines)
+
+
+def is_pretrain_head_key(key: str) -> bool:
+    """A Point-MAE pre-training-only tensor (decoder, mask token, increase_dim), after prefix stripping."""
+    key = key[len("module."):] if key.startswith("module.") else key
+    return key in PRETRAIN_HEAD_KEYS or key.startswith(PRETRAIN_HEAD_PREFIXES)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -85,7 +110,9 @@ def load_checkpoint(module: nn.Module, path: str | Path, verbose: bool = False) 
     Accepts the Point-MAE pre-train layout (`base_model` / `model`, `module.` and
     `MAE_encoder.` prefixes), Point-MAE fine-tuned (`base_model.`, with head),
     Point-BERT (`transformer_q.`) and bare state dicts. Returns the missing and
-    unexpected keys; a shape mismatch is an error naming the key and both shapes.
+    unexpected keys, the latter split into ignored pre-training heads (decoder,
+    mask token, increase_dim) and unknown keys; a shape mismatch is an error
+    naming the key and both shapes.
     """
     state = read_state_dict(path)
     target = module.state_dict()

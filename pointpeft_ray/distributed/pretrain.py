@@ -1,0 +1,81 @@
+"""Point-MAE pre-training on Ray Train: the in-process loop, run by TorchTrainer workers.
+
+The workers checkpoint their run state through Ray (rerunning a run name
+resumes); the driver then writes the Point-MAE `pretrain.pth` from the final
+Ray checkpoint, so the file lands on the driver's filesystem even when the
+workers run on other machines.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..engine.context import STATE_FILE, load_state
+from ..errors import PointPEFTError
+from ..pretrain.checkpoint import write_pretrain_checkpoint
+from ..pretrain.config import PretrainConfig
+from ..pretrain.loop import PretrainResult
+from .train import RayRunSpec
+
+
+def _pretrain_worker_loop(loop_config: dict) -> None:
+    from ..engine.context import RayTrainContext
+    from ..pretrain.loop import pretrain
+
+    config = PretrainConfig.from_dict(loop_config["config"])
+    pretrain(config, context=RayTrainContext(), echo=lambda line: print(line, flush=True))
+
+
+def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address: str | None = None,
+                 echo=print) -> PretrainResult:
+    """Pre-train with `spec.workers` Ray Train workers; returns the summary (with the
+    checkpoint path). Default output: config.output_path(), else <storage>/<name>/pretrain.pth."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .cluster import ensure_ray
+
+    start = time.perf_counter()
+    ensure_ray(address)
+    spec = (spec or RayRunSpec(name="pointpeft-pretrain")).resolved()
+    storage = spec.storage()
+    # Workers write no file of their own; the driver writes it below.
+    worker_config = config.replace(output=None, run_dir=None)
+    trainer = TorchTrainer(
+        _pretrain_worker_loop,
+        train_loop_config={"config": worker_config.model_dump()},
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
+                                               resources_per_worker={"CPU": spec.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=spec.name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    ray_result = trainer.fit()
+    if ray_result.error is not None:
+        raise PointPEFTError(f"pre-training failed: {ray_result.error}")
+    output = config.output_path() or Path(storage) / spec.name / "pretrain.pth"
+    result = _result_from_checkpoint(ray_result.checkpoint, output)
+    result.total_params = _parameter_count(config)
+    result.wall_seconds = time.perf_counter() - start
+    echo(f"[pretrain] wrote {result.checkpoint}")
+    return result
+
+
+def _result_from_checkpoint(checkpoint, output: Path) -> PretrainResult:
+    if checkpoint is None:
+        raise PointPEFTError("pre-training finished without a Ray checkpoint: no weights to write")
+    with checkpoint.as_directory() as directory:
+        state = load_state(Path(directory) / STATE_FILE)
+    history = list(state["history"])
+    path = write_pretrain_checkpoint(state["model"], output, state["epochs_done"])
+    return PretrainResult(history=history, final_loss=history[-1]["train_loss"] if history else None,
+                          epochs=int(state["epochs_done"]), checkpoint=path)
+
+
+def _parameter_count(config: PretrainConfig) -> int:
+    from ..pretrain.mae import PointMAEPretrainModel
+
+    model = PointMAEPretrainModel(config.model.backbone_config(), config.mae)
+    return sum(p.numel() for p in model.parameters())

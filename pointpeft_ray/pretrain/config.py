@@ -1,0 +1,118 @@
+"""PretrainConfig: one validated object for a Point-MAE pre-training run (YAML maps onto it 1:1).
+
+Sections: `model` (backbone preset and overrides), `mae` (masking and decoder),
+`data` (task, root, cache, augmentation), `optim` (the published pre-training
+recipe as defaults), and run-level fields (seed, device, run_dir, output).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, model_validator
+
+from ..configuration import StrictConfig
+from ..models.backbone import BackboneConfig
+from ..models.presets import PRESETS
+
+# The published pre-training runs the ScanObjectNN-sized transformer on 64
+# patches of 32 points (1024-point ShapeNet clouds) instead of 128 patches.
+PRESET_PRETRAIN_OVERRIDES = {"point_mae": {"num_group": 64}}
+
+
+class PretrainModelSection(StrictConfig):
+    preset: Optional[str] = Field("point_mae", description="named size (point_mae, small, tiny); fields below override it")
+    backbone: dict = Field(default_factory=dict, description="BackboneConfig fields overriding the preset")
+
+    @model_validator(mode="after")
+    def _known_preset(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+        self.backbone_config()  # validate the overrides now, naming the bad key
+        return self
+
+    def backbone_config(self) -> BackboneConfig:
+        base = {}
+        if self.preset:
+            base = {**PRESETS[self.preset].backbone.model_dump(), **PRESET_PRETRAIN_OVERRIDES.get(self.preset, {})}
+        return BackboneConfig.from_dict({**base, **self.backbone}, where="model.backbone")
+
+
+class MaskSection(StrictConfig):
+    """Masking and the decoder (published: 60% random masking, 4 blocks of 6 heads)."""
+
+    mask_ratio: float = Field(0.6, gt=0.0, lt=1.0, description="share of patches hidden from the encoder")
+    decoder_depth: int = Field(4, ge=1)
+    decoder_num_heads: Optional[int] = Field(None, ge=1, description="None: the backbone's num_heads (published: 6)")
+    decoder_drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="linear 0 -> this over the decoder")
+    encode_masked_patches: bool = Field(
+        True, description="run the patch encoder on every patch, then drop the masked ones (published); "
+                          "False encodes only the visible ones: faster, BatchNorm statistics from visible patches")
+
+
+class PretrainDataSection(StrictConfig):
+    task: str = "synth/clean"
+    root: Optional[str] = Field(None, description="folder of the downloaded dataset (real datasets)")
+    cache_dir: Optional[str] = None
+    allow_pickle: bool = False
+    # The published pre-training augments with scale+translate whatever the
+    # dataset (its ShapeNet recipe for classification says none).
+    augment: str = Field("scale_translate", description="training augmentation (pretrain always augments explicitly)")
+    options: dict = Field(default_factory=dict,
+                          description="task options, e.g. samples_per_class / points / seed of a synthetic task")
+
+
+class PretrainOptimSection(StrictConfig):
+    """Field names match the fine-tune OptimSection, so the shared schedule reads either."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    epochs: int = Field(300, ge=1)
+    warmup_epochs: int = Field(10, ge=0)
+    warmup_start_lr: float = Field(1e-6, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    batch_size: int = Field(128, ge=1)
+    grad_clip: Optional[float] = Field(None, gt=0, description="published pre-training does not clip")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+
+class PretrainConfig(StrictConfig):
+    model: PretrainModelSection = Field(default_factory=PretrainModelSection)
+    mae: MaskSection = Field(default_factory=MaskSection)
+    data: PretrainDataSection = Field(default_factory=PretrainDataSection)
+    optim: PretrainOptimSection = Field(default_factory=PretrainOptimSection)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    run_dir: Optional[str] = Field(None, description="run state for resuming")
+    output: Optional[str] = Field(None, description="where the Point-MAE checkpoint goes (default: run_dir/pretrain.pth)")
+
+    @model_validator(mode="after")
+    def _mask_leaves_both_sides(self):
+        groups = self.model.backbone_config().num_group
+        masked = masked_count(groups, self.mae.mask_ratio)
+        if masked < 1 or masked >= groups:
+            raise ValueError(
+                f"mae.mask_ratio {self.mae.mask_ratio} masks {masked} of {groups} patches; "
+                f"at least one patch must be masked and one visible"
+            )
+        heads, dim = self.mae.decoder_num_heads, self.model.backbone_config().trans_dim
+        if heads is not None and dim % heads:
+            raise ValueError(f"mae.decoder_num_heads ({heads}) must divide trans_dim ({dim})")
+        return self
+
+    def output_path(self) -> Path | None:
+        if self.output:
+            return Path(self.output)
+        return Path(self.run_dir) / "pretrain.pth" if self.run_dir else None
+
+
+def masked_count(num_group: int, mask_ratio: float) -> int:
+    """Patches masked per sample: int(ratio * G), as published."""
+    return int(mask_ratio * num_group)
+

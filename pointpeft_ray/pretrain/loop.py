@@ -1,0 +1,163 @@
+"""The pre-training loop: a plain function of a PretrainConfig.
+
+Like the fine-tune loop, the same function runs in-process and on Ray Train
+workers; the run context (engine.context) supplies rank, device, model wrapping
+and the run state used for resuming.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..data.tasks import get_task, load_task_split, task_loader
+from ..engine import build
+from ..engine.context import InProcessContext, Snapshot
+from ..engine.loop import TrainingDivergedError
+from ..errors import ConfigError
+from .checkpoint import write_pretrain_checkpoint
+from .config import PretrainConfig
+from .mae import PointMAEPretrainModel
+
+Reporter = Callable[[dict], None]
+
+
+@dataclass
+class PretrainResult:
+    history: list = field(default_factory=list)
+    final_loss: float | None = None
+    epochs: int = 0
+    checkpoint: Path | None = None
+    total_params: int = 0
+    wall_seconds: float = 0.0
+
+
+def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=None, echo=print) -> PretrainResult:
+    """Pre-train per `config`; writes the Point-MAE checkpoint to config.output_path()
+    (rank 0). `context` says where this runs (in-process by default, resuming from
+    config.run_dir); `report` receives each epoch's metrics in-process."""
+    start_time = time.perf_counter()
+    if context is None:
+        context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
+    device = context.device
+    torch.manual_seed(config.seed)  # the initial weights
+    spec = get_task(config.data.task).with_options(**config.data.options)
+    data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
+    model = PointMAEPretrainModel(config.model.backbone_config(), config.mae).to(device)
+    result = PretrainResult(total_params=sum(p.numel() for p in model.parameters()))
+    model = context.wrap_model(model)
+    optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
+    start_epoch = _restore(context, model, optimizer, result, echo)
+    loader = _train_loader(spec, data, config, context)
+    use_bf16 = config.bf16 and device.type == "cuda"
+    snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
+                        export=lambda directory: write_pretrain_checkpoint(
+                            build.unwrap(model).state_dict(), Path(directory) / "pretrain.pth", epoch + 1))
+    for epoch in range(start_epoch, config.optim.epochs):
+        # build.lr_at reads only config.optim's schedule fields, which ours shares.
+        lr = build.lr_at(epoch, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        _seed_epoch(config.seed, epoch, context.rank)
+        stats = _train_epoch(model, optimizer, loader, epoch, config, device, use_bf16)
+        metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
+        result.history.append(metrics)
+        if context.rank == 0:
+            echo(format_epoch(metrics, config.optim.epochs))
+        context.report(metrics, snapshot)
+    _finish(result, model, config, context.rank)
+    result.wall_seconds = time.perf_counter() - start_time
+    return result
+
+
+def format_epoch(metrics: dict, total_epochs: int) -> str:
+    return (f"[pretrain] epoch {metrics['epoch']:>3}/{total_epochs}  chamfer-l2 {metrics['train_loss']:.5f}  "
+            f"lr {metrics['lr']:.2e}  {metrics['train_samples_per_second']:.1f} samples/s  "
+            f"{metrics['train_seconds']:.1f}s")
+
+
+def _train_loader(spec, data, config: PretrainConfig, context):
+    # optim.batch_size is the global batch, split over the workers (as in fine-tuning).
+    batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
+    loader = task_loader(spec, data, "train", batch_size, seed=config.seed,
+                         rank=context.rank, world_size=context.world_size, augment=config.data.augment)
+    if len(loader) == 0:
+        raise ConfigError(f"optim.batch_size ({config.optim.batch_size}) is larger than the {len(data)} training "
+                          f"samples of {spec.name}: not one full batch per epoch")
+    return loader
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Masks and drop-path draw from the global RNG: seeding it per (seed, epoch, rank)
+    makes a resumed run draw what an uninterrupted one would, and ranks differ."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+
+
+def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, device, use_bf16: bool) -> dict:
+    model.train()
+    loader.set_epoch(epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, seen = 0.0, 0
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        points = batch.points.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = model(points)
+        loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(f"pre-training loss is {loss_value} at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
+        optimizer.step()
+        loss_sum += loss_value * points.shape[0]
+        seen += points.shape[0]
+    seconds = time.perf_counter() - start
+    loss_sum, seen = _sum_over_workers(loss_sum, seen)
+    return {"loss": loss_sum / max(1, seen), "samples_per_second": seen / max(seconds, 1e-9), "seconds": seconds}
+
+
+def _sum_over_workers(loss_sum: float, seen: int) -> tuple[float, int]:
+    """Every rank's share, so the reported loss and throughput cover the whole epoch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return loss_sum, seen
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return float(totals[0]), int(totals[1])
+
+
+def _run_state(model, optimizer, epochs_done: int, result: PretrainResult) -> dict:
+    return {
+        "model": {k: v.detach().cpu() for k, v in build.unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epochs_done": epochs_done,
+        "history": result.history,
+    }
+
+
+def _restore(context, model, optimizer, result: PretrainResult, echo) -> int:
+    state = context.restore()
+    if state is None:
+        return 0
+    build.unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    result.history = list(state["history"])
+    echo(f"[resume] pre-training from epoch {state['epochs_done']}")
+    return int(state["epochs_done"])
+
+
+def _finish(result: PretrainResult, model, config: PretrainConfig, rank: int) -> None:
+    result.epochs = len(result.history)
+    result.final_loss = result.history[-1]["train_loss"] if result.history else None
+    output = config.output_path()
+    if output is not None and rank == 0:
+        result.checkpoint = write_pretrain_checkpoint(build.unwrap(model).state_dict(), output, result.epochs)
