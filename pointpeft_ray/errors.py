@@ -20,3 +20,8 @@ class MemoryBankError(PointPEFTError):
 
 class DataFormatError(PointPEFTError):
     """A dataset file or directory is missing, malformed, or holds bad values."""
+
+
+class ResultsError(PointPEFTError):
+    """A results table cannot be built, written or read (bad record, missing file, wrong
+    schema version)."""

@@ -1,0 +1,67 @@
+"""Parquet files that a reader never sees half-written, on a local path or any pyarrow
+filesystem URI (file://, s3://, gs://, hdfs://, ...).
+
+Where the filesystem can rename, the file is written under a temporary name beside its
+target and renamed onto it. Object stores (S3, GCS, Azure) have no rename, but publish an
+object only when its upload completes, so there the file is written in place.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..atomic import atomic_file
+from ..errors import ResultsError
+
+# pyarrow filesystem type names without an atomic rename.
+OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
+
+
+def is_uri(path) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def write_table_atomic(table: pa.Table, path) -> str:
+    """Write `table` as Parquet at `path` (a local path or a filesystem URI), atomically."""
+    if is_uri(path):
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        _write_on_filesystem(table, filesystem, inner)
+    else:
+        with atomic_file(path) as tmp:
+            pq.write_table(table, str(tmp))
+    return str(path)
+
+
+def _write_on_filesystem(table: pa.Table, filesystem: pafs.FileSystem, path: str) -> None:
+    parent, name = posixpath.split(path)
+    if parent:
+        filesystem.create_dir(parent, recursive=True)
+    if filesystem.type_name in OBJECT_STORES:
+        pq.write_table(table, path, filesystem=filesystem)
+        return
+    # pid + thread: concurrent writers of one file never share a temporary.
+    tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        pq.write_table(table, tmp, filesystem=filesystem)
+        filesystem.move(tmp, path)
+    finally:
+        if filesystem.get_file_info(tmp).type != pafs.FileType.NotFound:
+            filesystem.delete_file(tmp)
+
+
+def read_parquet(path) -> pa.Table:
+    try:
+        if is_uri(path):
+            filesystem, inner = pafs.FileSystem.from_uri(path)
+            return pq.read_table(inner, filesystem=filesystem)
+        return pq.read_table(str(Path(path)))
+    except FileNotFoundError:
+        raise ResultsError(f"results table not found: {path}") from None
+    except pa.ArrowInvalid as err:
+        raise ResultsError(f"{path}: not a readable Parquet file ({err})") from None
