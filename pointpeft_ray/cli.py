@@ -124,9 +124,12 @@ def _add_train(commands) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs per worker (default: the cluster's CPUs shared out among the workers)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--name", default=None, help="run name; rerunning the same name resumes (default: config file stem)")
-    p.add_argument("--storage", default=None, help="storage path or pyarrow.fs URI (default: ./runs)")
+    p.add_argument("--storage", default=None,
+                   help="storage path or pyarrow.fs URI (default: ./runs); runs are kept in STORAGE/NAME")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
     p.add_argument("--in-process", action="store_true", help="run the loop in this process, without Ray")
     p.add_argument("--json", dest="json_path", default=None, help="write the run's history and summary as JSON")
@@ -141,39 +144,129 @@ def _print_epoch(metrics: dict) -> None:
 
 
 def _run_train(args) -> int:
-    import time
     from pathlib import Path
 
     from .bench.report import write_json
+    from .distributed.train import RayRunSpec
     from .engine.config import TrainConfig
 
-    config = TrainConfig.from_yaml(args.config)
+    config = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
-    start = time.perf_counter()
-    if args.in_process:
-        from .engine.loop import train
-
-        result = train(config, report=_print_epoch)
-        summary = {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
-                   "trainable_params": result.trainable_params, "history": result.history,
-                   "where": config.run_dir or "(not saved: no run_dir)"}
-    else:
-        from .distributed.train import RayRunSpec, fit
-
-        spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, name=args.name or Path(args.config).stem,
-                          storage_path=args.storage, max_failures=args.max_failures)
-        result = fit(config, spec, args.address)
-        if result.error is not None:
-            raise PointPEFTError(f"training failed: {result.error}")
-        last = result.metrics or {}
-        summary = {"best_accuracy": last.get("best_accuracy"), "final": last,
-                   "where": str(result.checkpoint.path) if result.checkpoint else result.path}
-    summary["wall_seconds"] = time.perf_counter() - start
-    print(f"best accuracy {summary['best_accuracy']:.2f}; wall {summary['wall_seconds']:.1f}s; "
-          f"checkpoint: {summary['where']}")
+    spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                      name=args.name or Path(args.config).stem, storage_path=args.storage,
+                      max_failures=args.max_failures)
+    try:
+        summary = _train_in_process(config, spec) if args.in_process else _train_on_ray(config, spec, args.address)
+    except KeyboardInterrupt:
+        print(f"pointpeft-ray: interrupted; rerun the same command to resume run {spec.name!r} "
+              "from its last checkpoint", file=sys.stderr)
+        return 130
+    print(summary.format())
     if args.json_path:
-        write_json(args.json_path, {"config": config.model_dump(), **summary})
+        write_json(args.json_path, {"config": config.model_dump(), **summary.as_dict()})
+    return 0
+
+
+def _train_in_process(config, spec):
+    from .engine.loop import train
+    from .engine.summary import RunSummary
+
+    run_dir = config.run_dir or (str(spec.local_run_dir()) if spec.local_run_dir() else None)
+    config = config.replace(run_dir=run_dir)
+    result = train(config, report=_print_epoch)
+    return RunSummary.from_run_result(result, run_dir, config.tensorboard_dir())
+
+
+def _train_on_ray(config, spec, address):
+    import time
+
+    from .distributed.train import best_checkpoint, fit, with_log_dir
+    from .engine.summary import RunSummary
+
+    start = time.perf_counter()
+    result = fit(config, spec, address)
+    if result.error is not None:
+        raise PointPEFTError(f"training failed: {result.error}")
+    return RunSummary.from_ray_result(result, best_checkpoint(result), time.perf_counter() - start,
+                                      with_log_dir(config, spec).log_dir)
+
+
+def _add_pretrain(commands) -> None:
+    p = commands.add_parser("pretrain", help="Point-MAE masked-autoencoder pre-training from a YAML config on Ray Train")
+    p.add_argument("config", help="YAML file of a PretrainConfig")
+    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (with --in-process: device cuda)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs per worker (default: the cluster's CPUs shared out among the workers)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--name", default=None, help="run name; rerunning the same name resumes (default: config file stem)")
+    p.add_argument("--storage", default=None, help="storage path or pyarrow.fs URI (default: ./runs)")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    p.add_argument("--in-process", action="store_true", help="run the loop in this process, without Ray")
+    p.add_argument("--output", default=None,
+                   help="where to write pretrain.pth (default: the config's output, else runs/NAME/pretrain.pth)")
+    p.add_argument("--json", dest="json_path", default=None, help="write the run's history and summary as JSON")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from pathlib import Path
+
+    from .bench.report import write_json
+    from .pretrain.config import PretrainConfig
+
+    config = PretrainConfig.from_yaml(args.config)
+    name = args.name or Path(args.config).stem
+    # A local folder per run name: in-process runs resume from it (as Ray runs do by name)
+    # and the checkpoint lands in it by default; a storage URI keeps only Ray's state.
+    local_storage = args.storage if args.storage and "://" not in args.storage else "runs"
+    run_folder = Path(local_storage) / name
+    changes = {}
+    if args.epochs is not None:
+        changes["optim"] = config.optim.replace(epochs=args.epochs).model_dump()
+    if args.in_process and config.run_dir is None:
+        changes["run_dir"] = str(run_folder)
+    if args.output or config.output_path() is None:
+        changes["output"] = args.output or str(run_folder / "pretrain.pth")
+    if args.gpu and args.in_process:
+        changes["device"] = "cuda"
+    config = config.replace(**changes) if changes else config
+    if args.in_process:
+        from .pretrain.loop import pretrain
+
+        result = pretrain(config)
+    else:
+        from .distributed.pretrain import fit_pretrain
+        from .distributed.train import RayRunSpec
+
+        spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, name=name,
+                          storage_path=args.storage, max_failures=args.max_failures)
+        result = fit_pretrain(config, spec, args.address)
+    loss = "n/a (no epoch left to run)" if result.final_loss is None else f"{result.final_loss:.5f}"
+    print(f"pre-training done: final chamfer-l2 {loss} after {result.epochs} epochs; "
+          f"wall {result.wall_seconds:.1f}s; checkpoint: {result.checkpoint}")
+    if args.json_path:
+        write_json(args.json_path, {"config": config.model_dump(), "final_loss": result.final_loss,
+                                    "epochs": result.epochs, "wall_seconds": result.wall_seconds,
+                                    "checkpoint": str(result.checkpoint), "total_params": result.total_params,
+                                    "history": result.history})
+    return 0
+
+
+def _add_bench_train(sub) -> None:
+    p = sub.add_parser("train", help="wall time of a fine-tune through Ray Train (1 worker) vs the loop in-process")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(func=_run_bench_train)
+
+
+def _run_bench_train(args) -> int:
+    from .bench.train import run_bench
+
+    run_bench(args.epochs, args.json_path, args.address)
     return 0
 
 
@@ -184,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     _add_bench_model(bench_sub)
     _add_bench_data(bench_sub)
+    _add_bench_train(bench_sub)
     _add_train(commands)
+    _add_pretrain(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
     _add_data(data.add_subparsers(dest="data", required=True))
     return parser

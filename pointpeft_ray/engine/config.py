@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import Field, model_validator
 
 from ..configuration import StrictConfig
@@ -86,6 +85,17 @@ class TrainConfig(StrictConfig):
         self.peft_config()
         return self
 
+    def check_paths(self) -> "TrainConfig":
+        """Fail before any work starts (and before Ray workers are launched) when a
+        file the run needs is missing."""
+        checkpoint = self.model.checkpoint
+        if checkpoint and not Path(checkpoint).is_file():
+            raise ConfigError(f"model.checkpoint: file not found: {checkpoint}")
+        root = self.data.root
+        if root and not Path(root).is_dir():
+            raise ConfigError(f"data.root: folder not found: {root} (task {self.data.task})")
+        return self
+
     def tensorboard_dir(self) -> Optional[Path]:
         if self.log_dir:
             return Path(self.log_dir)
@@ -93,16 +103,3 @@ class TrainConfig(StrictConfig):
 
     def peft_config(self) -> PointPEFTConfig:
         return PointPEFTConfig.from_dict({**self.model.peft_defaults(), **self.peft}, where="peft")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
-        return cls.from_dict(raw, where=str(path))

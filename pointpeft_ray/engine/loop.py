@@ -248,5 +248,9 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, devi
         correct += (logits.argmax(-1) == batch.labels).sum()
         seen += batch.labels.numel()
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * correct.item() / max(1, seen),
+    # Over every rank's shard: the epoch's metrics, not rank 0's share of them.
+    totals = _sum_across_ranks(torch.tensor([loss_sum, float(correct.item()), float(seen)], dtype=torch.float64,
+                                            device=device))
+    loss_sum, hits, seen = (float(v) for v in totals)
+    return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * hits / max(1, seen),
             "samples_per_second": seen / max(seconds, 1e-9)}

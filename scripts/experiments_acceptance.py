@@ -1,0 +1,115 @@
+"""The PEFT vs full fine-tune vs linear probe table (issue 4's acceptance).
+
+Pre-trains the small CPU backbone with Point-MAE on synth/clean (cached: paid once),
+then fine-tunes it on each variant x seed x mode, in-process, and prints the table
+(mean +- std over seeds). Every finished cell is recorded in OUT/results.json and an
+interrupted cell resumes from its run directory, so rerunning continues where it stopped.
+
+    python scripts/experiments_acceptance.py [--epochs 10] [--seeds 0 1 2]
+        [--variants objbg hardest] [--modes peft full linear] [--samples-per-class N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pointpeft_ray.atomic import atomic_file  # noqa: E402
+from pointpeft_ray.engine.config import TrainConfig  # noqa: E402
+from pointpeft_ray.engine.loop import train  # noqa: E402
+from pointpeft_ray.pretrain.cache import ensure_pretrained, read_manifest  # noqa: E402
+from pointpeft_ray.pretrain.config import PretrainConfig  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=10, help="fine-tune epochs per cell")
+    p.add_argument("--pretrain-epochs", type=int, default=None, help="override the pretrain config's epochs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=["objbg", "hardest"])
+    p.add_argument("--modes", nargs="+", default=["peft", "full", "linear"])
+    p.add_argument("--samples-per-class", type=int, default=None, help="synthetic training size (default: the suite's)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "acceptance"))
+    return p.parse_args()
+
+
+def pretrained_checkpoint(args) -> tuple[str, dict]:
+    config = PretrainConfig.from_yaml(ROOT / "configs" / "pretrain_synth_small.yaml")
+    if args.pretrain_epochs:
+        config = config.replace(optim=config.optim.replace(epochs=args.pretrain_epochs).model_dump())
+    path = ensure_pretrained(config)
+    return str(path), read_manifest(path) or {}
+
+
+def cell_config(mode: str, variant: str, seed: int, checkpoint: str, args, out: Path) -> TrainConfig:
+    config = TrainConfig.from_yaml(ROOT / "configs" / f"synth_small_{mode}.yaml")
+    options = {"samples_per_class": args.samples_per_class} if args.samples_per_class else {}
+    return config.replace(
+        seed=seed, run_dir=str(out / "cells" / f"{variant}-{mode}-seed{seed}"),
+        model={**config.model.model_dump(), "checkpoint": checkpoint},
+        data={**config.data.model_dump(), "task": f"synth/{variant}", "options": options},
+        optim=config.optim.replace(epochs=args.epochs).model_dump(),
+    )
+
+
+def run_cell(config: TrainConfig) -> dict:
+    start = time.perf_counter()
+    result = train(config, echo=lambda *_: None,
+                   report=lambda m: print(f"    epoch {m['epoch']:>2} loss {m['train_loss']:.3f} "
+                                          f"val {m.get('val_accuracy', float('nan')):.1f}", flush=True))
+    return {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+            "trainable_params": result.trainable_params, "total_params": result.total_params,
+            "wall_seconds": time.perf_counter() - start, "epochs": config.optim.epochs}
+
+
+def save(results: dict, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
+def table(results: dict, args) -> str:
+    lines = ["| variant | mode | trainable | share | accuracy (mean +- std) | seeds | s/epoch |", "|---|---|---|---|---|---|---|"]
+    for variant in args.variants:
+        for mode in args.modes:
+            cells = [results["cells"][k] for k in results["cells"] if k.startswith(f"{variant}-{mode}-")]
+            if not cells:
+                continue
+            accs = [c["best_accuracy"] for c in cells]
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            share = 100.0 * cells[0]["trainable_params"] / cells[0]["total_params"]
+            per_epoch = statistics.mean(c["wall_seconds"] / c["epochs"] for c in cells)
+            lines.append(f"| synth/{variant} | {mode} | {cells[0]['trainable_params']:,} | {share:.1f}% | "
+                         f"{statistics.mean(accs):.1f} +- {spread:.1f} | {len(cells)} | {per_epoch:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    out = Path(args.out)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    checkpoint, manifest = pretrained_checkpoint(args)
+    results["pretrain"] = {"checkpoint": checkpoint, **{k: manifest.get(k) for k in ("epochs", "final_loss", "wall_seconds")}}
+    print(f"pre-trained backbone: {checkpoint} ({results['pretrain']})", flush=True)
+    # Seed-major: a complete one-seed table comes first, later seeds refine it.
+    for seed in args.seeds:
+        for variant in args.variants:
+            for mode in args.modes:
+                key = f"{variant}-{mode}-seed{seed}"
+                if key in results["cells"] and results["cells"][key]["epochs"] == args.epochs:
+                    continue
+                print(f"[cell] {key}", flush=True)
+                results["cells"][key] = run_cell(cell_config(mode, variant, seed, checkpoint, args, out))
+                save(results, path)
+    print(table(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
