@@ -137,10 +137,9 @@ def _add_train(commands) -> None:
 
 
 def _print_epoch(metrics: dict) -> None:
-    val = f" val acc {metrics['val_accuracy']:.2f}" if "val_accuracy" in metrics else ""
-    print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  train acc "
-          f"{metrics['train_accuracy']:.2f}{val}  lr {metrics['lr']:.2e}  "
-          f"{metrics['train_samples_per_second']:.1f} samples/s", flush=True)
+    from .engine.summary import format_epoch
+
+    print(format_epoch(metrics), flush=True)
 
 
 def _run_train(args) -> int:
@@ -257,7 +256,7 @@ def _run_pretrain(args) -> int:
 
 def _add_bench_train(sub) -> None:
     p = sub.add_parser("train", help="wall time of a fine-tune through Ray Train (1 worker) vs the loop in-process")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6, help="long enough for a >= 60 s run on 2 CPU cores")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--json", dest="json_path", default=None)
     p.set_defaults(func=_run_bench_train)
@@ -270,6 +269,84 @@ def _run_bench_train(args) -> int:
     return 0
 
 
+def _add_tune(commands) -> None:
+    p = commands.add_parser("tune", help="search PEFT hyper-parameters with Ray Tune + Optuna (TPE) + ASHA")
+    p.add_argument("config", help="YAML file of the base TrainConfig (task, model, epochs...)")
+    p.add_argument("--space", required=True, help="search space YAML (search_spaces/*.yaml)")
+    p.add_argument("--samples", type=int, default=8, help="trials to run")
+    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs (the most a trial trains)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--name", default=None, help="experiment name (default: the space's file stem)")
+    p.add_argument("--storage", default=None, help="storage path or pyarrow.fs URI (default: ./runs)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU between trials")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
+    p.add_argument("--max-concurrent", type=int, default=None, help="default: what the cluster's resources allow")
+    p.add_argument("--no-asha", action="store_true", help="run every trial to the end")
+    p.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
+    p.add_argument("--multi-objective", action="store_true", help="maximise accuracy, minimise trainable params")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--json", dest="json_path", default=None, help="write the outcome as JSON")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .bench.report import write_json
+    from .distributed.tune import SearchSpec, run_search
+    from .engine.config import TrainConfig
+    from .search.space import SearchSpace
+
+    base = TrainConfig.from_yaml(args.config).check_paths()
+    if args.epochs is not None:
+        base = base.replace(optim=base.optim.replace(epochs=args.epochs).model_dump())
+    space = SearchSpace.from_yaml(args.space)
+    spec = SearchSpec(samples=args.samples, name=args.name or Path(args.space).stem, storage_path=args.storage,
+                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                      workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, seed=args.seed,
+                      asha=not args.no_asha, grace_period=args.grace_period, multi_objective=args.multi_objective)
+    try:
+        outcome = run_search(base, space, spec, args.address, resume=args.resume)
+    except KeyboardInterrupt:
+        print("pointpeft-ray: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.status_counts.items()))
+    best = f"{outcome.best_accuracy:.2f} ({outcome.best_trial})" if outcome.best_trial else "none finished"
+    print(f"trials: {outcome.trials} ({counts})\nbest accuracy: {best}\nresults: {outcome.experiment_dir} "
+          f"(trials.parquet, epochs.parquet, best_config.yaml)\nreport: pointpeft-ray report {outcome.experiment_dir}")
+    if args.json_path:
+        write_json(args.json_path, asdict(outcome))
+    return 0
+
+
+def _add_report(commands) -> None:
+    p = commands.add_parser("report", help="leaderboard, importances and plots of a search, from its result files")
+    p.add_argument("experiment_dir", help="folder with trials.parquet / epochs.parquet / best_config.yaml "
+                                          "(finished, running, or copied from a cluster)")
+    p.add_argument("--top", type=int, default=10, help="trials in the leaderboard and the learning curves")
+    p.add_argument("--plots", dest="plots_dir", default=None,
+                   help="where to write the PNGs (default: EXPERIMENT_DIR/plots)")
+    p.add_argument("--json", dest="json_path", default=None,
+                   help="write the leaderboard, importances, status counts and plot paths as JSON")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from .bench.report import write_json
+    from .results.report import build_report, format_report, report_payload
+
+    if args.top < 1:
+        raise PointPEFTError(f"--top must be at least 1, got {args.top}")
+    report = build_report(args.experiment_dir, top=args.top, plots_dir=args.plots_dir)
+    print(format_report(report))
+    if args.json_path:
+        write_json(args.json_path, report_payload(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_data(bench_sub)
     _add_bench_train(bench_sub)
     _add_train(commands)
+    _add_tune(commands)
+    _add_report(commands)
     _add_pretrain(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
     _add_data(data.add_subparsers(dest="data", required=True))

@@ -20,3 +20,13 @@ def tiny_config():
 def random_clouds(batch, points, seed, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     return (torch.rand(batch, points, 3, generator=gen) * 2 - 1).to(device)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One Ray for the whole session (starting it costs seconds), on loopback only."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -15,15 +15,6 @@ from pointpeft_ray.engine.loop import ADAPTER_DIR
 from tests.test_tasks import write_scanobjectnn
 
 
-@pytest.fixture(scope="session")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _state(checkpoint):
     with checkpoint.as_directory() as directory:
         return torch.load(f"{directory}/run_state.pt", weights_only=True)

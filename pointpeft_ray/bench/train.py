@@ -30,7 +30,7 @@ def default_config(epochs: int, cache_dir: str) -> TrainConfig:
     })
 
 
-def run_bench(epochs: int = 4, json_path: str | None = None, address: str | None = None, echo=print) -> dict:
+def run_bench(epochs: int = 6, json_path: str | None = None, address: str | None = None, echo=print) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..distributed.train import RayRunSpec, fit
     from ..engine.loop import attach_bank, build_seeded_model, load_run_data, train

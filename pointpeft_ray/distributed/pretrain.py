@@ -15,7 +15,7 @@ from ..errors import PointPEFTError
 from ..pretrain.checkpoint import write_pretrain_checkpoint
 from ..pretrain.config import PretrainConfig
 from ..pretrain.loop import PretrainResult
-from .train import RayRunSpec
+from .train import RayRunSpec, quiet_ray_train_reports, worker_echo
 
 
 def _pretrain_worker_loop(loop_config: dict) -> None:
@@ -23,7 +23,8 @@ def _pretrain_worker_loop(loop_config: dict) -> None:
     from ..pretrain.loop import pretrain
 
     config = PretrainConfig.from_dict(loop_config["config"])
-    pretrain(config, context=RayTrainContext(), echo=lambda line: print(line, flush=True))
+    quiet_ray_train_reports()
+    pretrain(config, context=RayTrainContext(), echo=worker_echo)
 
 
 def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address: str | None = None,

@@ -1,11 +1,14 @@
 """Fine-tuning on Ray Train: the same loop as in-process, run by TorchTrainer workers.
 
-Before the workers start, the memory bank (PEFT with a bank) is built once by a Ray
-task with a worker's resources and handed to every worker through the object store,
-so N workers never build it N times (and a restarted worker doesn't rebuild it).
+Before the workers start, the memory bank (PEFT with a bank) is built once (on the
+driver for CPU runs, in a one-GPU Ray task for GPU runs) and handed to every worker
+through the object store, so N workers never build it N times, a restarted worker
+doesn't rebuild it, and workers on other nodes need no shared cache.
 """
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,20 +47,41 @@ class RayRunSpec:
         return Path(storage.removeprefix("file://")) / self.name
 
 
+def worker_echo(line: str) -> None:
+    """Console output of a Ray Train worker, forwarded once to the driver. (Ray Train
+    patches print() in workers to go both to its log and to stdout: lines came twice.)"""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every report with all its metrics at INFO (a screenful per epoch
+    with per-class accuracies); our own epoch line says what matters."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # an internal module: absent in other Ray versions
+        pass
+
+
 def _worker_loop(loop_config: dict) -> None:
     import ray
 
     from ..engine.context import RayTrainContext
     from ..engine.loop import train
+    from ..engine.summary import format_epoch
 
+    quiet_ray_train_reports()
     config = TrainConfig.from_dict(loop_config["config"])
     bank_ref = loop_config.get("bank")
     bank = ray.get(bank_ref) if bank_ref is not None else None
-    train(config, context=RayTrainContext(), echo=print, bank=bank)
+    context = RayTrainContext(on_report=lambda metrics: worker_echo(format_epoch(metrics)))
+    train(config, context=context, echo=worker_echo, bank=bank)
 
 
 def _build_bank(config_dict: dict, use_gpu: bool):
-    """Runs as a Ray task: the bank over the training split, via the on-disk cache."""
+    """The bank over the training split, via the on-disk cache (here or in a Ray task)."""
     from ..engine.build import resolve_device
     from ..engine.loop import attach_bank, build_seeded_model, load_run_data
 
@@ -76,6 +100,9 @@ def prepare_bank(config: TrainConfig, spec: RayRunSpec):
 
     if config.mode != "peft" or not config.peft_config().uses_bank:
         return None
+    if not spec.use_gpu:
+        # CPU workers would compute it at the same speed: do it here and save a process start.
+        return ray.put(_build_bank(config.model_dump(), False))
     task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=1 if spec.use_gpu else 0)(_build_bank)
     bank = ray.get(task.remote(config.model_dump(), spec.use_gpu))
     return ray.put(bank)

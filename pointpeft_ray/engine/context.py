@@ -81,10 +81,11 @@ class RayTrainContext:
     keeps exactly the best checkpoint plus the latest one.
     """
 
-    def __init__(self):
+    def __init__(self, on_report: Optional[Callable[[dict], None]] = None):
         import ray.train
         import ray.train.torch
 
+        self.on_report = on_report  # called on rank 0 only
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -108,6 +109,8 @@ class RayTrainContext:
     def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
         import ray.train
 
+        if self.on_report is not None and self.rank == 0:
+            self.on_report(metrics)
         metrics = {**metrics, "checkpoint_score": metrics.get("val_accuracy", -1.0) if is_best else -1.0}
         if snapshot is None or self.rank != 0:
             ray.train.report(metrics)
@@ -115,6 +118,47 @@ class RayTrainContext:
         with tempfile.TemporaryDirectory(prefix="pointpeft-ckpt-") as directory:
             snapshot.write(Path(directory), export=is_best)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+class TuneTrialContext:
+    """Inside a Ray Tune trial (one worker: the loop runs in the trial's own process).
+    Checkpoints through ray.tune.report; a retried or resumed trial restores from the
+    latest one. The device is the trial's GPU when it was given (a share of) one."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, on_report: Optional[Callable[[dict], None]] = None):
+        import ray
+
+        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+        self.on_report = on_report
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def restore(self) -> dict | None:
+        import ray.tune
+
+        checkpoint = ray.tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(Path(directory) / STATE_FILE)
+
+    def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
+        import ray.tune
+
+        if self.on_report is not None:
+            self.on_report(metrics)
+        if snapshot is None:
+            ray.tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="pointpeft-trial-") as directory:
+            # A trial keeps its last checkpoint for retries; the search's product is the
+            # table of results and best_config.yaml (retrain it), not per-trial exports.
+            snapshot.write(Path(directory), export=False)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory))
 
 
 def save_state(state: dict, path: Path) -> None:

@@ -1,0 +1,182 @@
+"""The record of a search, kept by a Ray Tune callback on the driver.
+
+Every reported epoch becomes a row of `epochs.parquet`, every trial a row of
+`trials.parquet`; both are rewritten atomically when a trial finishes or fails (and at
+most every few seconds while results arrive), so a reader sees a consistent table of a
+running search. On `--resume` the callback starts from the tables already written, and
+rows are keyed by (trial, epoch), so nothing is lost or counted twice.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+from ray.tune import Callback
+
+from ..engine.config import TrainConfig
+from ..errors import ResultsError
+from ..results.best_config import best_trial, write_best_config
+from ..results.storage import is_uri
+from ..results.tables import (EPOCH_COLUMNS, PARAM_PREFIX, epochs_table, final_and_best, read_epochs, read_trials,
+                              trials_table)
+from ..search.space import SearchSpace
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+BEST_CONFIG_FILE = "best_config.yaml"
+WRITE_EVERY_S = 5.0
+_EPOCH_KEYS = [name for name, _ in EPOCH_COLUMNS]
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
+
+
+class SearchRecorder(Callback):
+    def __init__(self, experiment_dir: str, space: SearchSpace, base: TrainConfig):
+        self.experiment_dir = experiment_dir
+        self.space = space
+        self.base = base
+        self.trials: dict[str, dict] = {}
+        self.epochs: dict[tuple[str, int], dict] = {}
+        self.started: dict[str, float] = {}
+        self._last_write = 0.0
+
+    # --- Tune's hooks ---
+
+    def setup(self, **info) -> None:
+        self.load_written()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        record = self._record(trial)
+        record["status"] = "running"
+        self.started.setdefault(trial.trial_id, time.time())
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        record = self._record(trial)
+        record["status"] = "running"
+        record["node"] = result.get("node_ip") or record.get("node")
+        if "trainable_params" in result:
+            record["trainable_params"] = int(result["trainable_params"])
+        record["wall_seconds"] = float(result.get("time_total_s") or 0.0)
+        row = {key: result.get(key) for key in _EPOCH_KEYS if key != "trial_id"}
+        self.epochs[(trial.trial_id, int(result["epoch"]))] = {"trial_id": trial.trial_id, **row}
+        if time.time() - self._last_write > WRITE_EVERY_S:
+            self.write()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        record = self._record(trial)
+        last_epoch = max((epoch for (tid, epoch) in self.epochs if tid == trial.trial_id), default=0)
+        if last_epoch < self.base.optim.epochs:
+            record["status"], record["stop_reason"] = "stopped", f"early stopping (ASHA) after epoch {last_epoch}"
+        else:
+            record["status"], record["stop_reason"] = "completed", f"finished {last_epoch} epochs"
+        self.write()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        record = self._record(trial)
+        record["status"], record["stop_reason"] = "failed", "error"
+        record["error"] = _error_text(trial)
+        self.write()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.write()
+
+    # --- the record ---
+
+    def _record(self, trial) -> dict:
+        params = {k: v for k, v in trial.config.items() if k in set(self.space.parameter_names())}
+        return self.trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "status": "pending",
+                                                       "params": params})
+
+    def _trial_records(self) -> list[dict]:
+        records = []
+        for trial_id, record in self.trials.items():
+            rows = sorted((row for (tid, _), row in self.epochs.items() if tid == trial_id), key=lambda r: r["epoch"])
+            final, best = final_and_best(rows)
+            records.append({**record, "final": final, "best": best, "epochs": len(rows)})
+        return records
+
+    def write(self) -> None:
+        from ..results.storage import write_table_atomic
+
+        self._last_write = time.time()
+        write_table_atomic(trials_table(self._trial_records(), self.space), self._path(TRIALS_FILE))
+        rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
+        write_table_atomic(epochs_table(rows), self._path(EPOCHS_FILE))
+
+    def finish(self) -> None:
+        """After Tuner.fit: the final tables and best_config.yaml (best trial, retrainable)."""
+        self.write()
+        records = [r for r in self._trial_records() if r["status"] in ("completed", "stopped")]
+        if not records:
+            return
+        table = trials_table(records, self.space)
+        configs = {r["trial_id"]: self.config_of(r["params"]) for r in records}
+        write_best_config(table, configs, self._path(BEST_CONFIG_FILE))
+
+    def config_of(self, params: dict) -> TrainConfig:
+        """A trial's full config, as `pointpeft-ray train` takes it (no per-trial paths)."""
+        config = self.space.apply(self.base, params)
+        return config.replace(run_dir=None, log_dir=None)
+
+    def outcome(self):
+        from .tune import SearchOutcome
+
+        records = self._trial_records()
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        table = trials_table(records, self.space)
+        try:
+            best = best_trial(table)  # the same choice (and tie-break) as best_config.yaml
+        except ResultsError:  # no trial finished
+            best = None
+        return SearchOutcome(experiment_dir=self.experiment_dir, trials=len(records),
+                             best_trial=best["trial_id"] if best else None,
+                             best_accuracy=best["best_accuracy"] if best else None, status_counts=counts)
+
+    def _path(self, name: str) -> str:
+        if is_uri(self.experiment_dir):
+            return f"{self.experiment_dir.rstrip('/')}/{name}"
+        Path(self.experiment_dir).mkdir(parents=True, exist_ok=True)
+        return str(Path(self.experiment_dir) / name)
+
+    def load_written(self) -> None:
+        """A resumed search starts from what was recorded before the interruption."""
+        try:
+            trials, epochs = read_trials(self._path(TRIALS_FILE)), read_epochs(self._path(EPOCHS_FILE))
+        except Exception:  # nothing recorded yet (or unreadable): start empty
+            return
+        for row in epochs.to_pylist():
+            self.epochs[(row["trial_id"], int(row["epoch"]))] = row
+        for row in trials.to_pylist():
+            params = {k[len(PARAM_PREFIX):]: v for k, v in row.items() if k.startswith(PARAM_PREFIX) and v is not None}
+            self.trials[row["trial_id"]] = {
+                "trial_id": row["trial_id"], "status": row["status"], "stop_reason": row["stop_reason"],
+                "params": params, "trainable_params": row["trainable_params"], "wall_seconds": row["wall_seconds"],
+                "node": row["node"], "error": row["error"]}
+
+
+def _error_text(trial) -> Optional[str]:
+    """The trial's exception as `Type: message` (Ray's task wrapper and colours removed)."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # the pickled error may not load on the driver
+        error = None
+    if error is not None:
+        error = getattr(error, "cause", None) or error  # RayTaskError wraps the real exception
+        return _ANSI.sub("", f"{type(error).__name__}: {error}")
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return _summarised_traceback(_ANSI.sub("", Path(path).read_text()))
+    return "unknown error"
+
+
+def _summarised_traceback(text: str) -> str:
+    """`Type: message` of the innermost exception first, then the traceback's tail."""
+    lines = [line for line in text.strip().splitlines() if _EXCEPTION_LINE.match(line)]
+    if not lines:
+        return text[-4000:]
+    name, _, message = lines[-1].partition(":")
+    return f"{name.rsplit('.', 1)[-1]}:{message}\n\n{text[-3000:]}"

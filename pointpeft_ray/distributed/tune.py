@@ -1,0 +1,210 @@
+"""Hyper-parameter search: Ray Tune + Optuna (TPE) + ASHA over a SearchSpace.
+
+Each trial is the same training loop as everywhere else. With one worker per trial it
+runs in the trial's own process (no second layer of actors); with several, the trial
+launches a TorchTrainer and forwards its metrics to Tune.
+
+Shared state is prepared once, on the driver, before the first trial: the dataset
+caches and the memory bank (its features depend only on the frozen backbone and the
+data, so every trial of a search shares one; trials read it from the on-disk cache,
+whose file lock makes concurrent readers wait for one builder). Results go to the
+experiment directory as Arrow tables while trials finish (see distributed.recorder).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..engine.config import TrainConfig
+from ..errors import ConfigError
+from ..search.space import SearchSpace
+
+METRIC = "best_accuracy"  # present in every report, monotone: what ASHA and Optuna compare
+
+
+@dataclass
+class SearchSpec:
+    samples: int = 8
+    name: str = "pointpeft-search"
+    storage_path: Optional[str] = None  # local folder or pyarrow.fs URI; default ./runs
+    cpus_per_trial: float = 1.0  # per worker when a trial has several
+    gpus_per_trial: float = 0.0  # per worker; fractions let several small PEFT trials share a GPU
+    workers_per_trial: int = 1
+    max_concurrent: Optional[int] = None  # default: what the cluster's resources allow
+    seed: int = 0
+    asha: bool = True
+    grace_period: int = 1
+    multi_objective: bool = False  # maximise accuracy and minimise trainable parameters
+    max_failures: int = 1  # retries of a crashed trial, from its last checkpoint
+
+    def storage(self) -> str:
+        return self.storage_path or str(Path("runs").resolve())
+
+    def experiment_dir(self) -> str:
+        storage = self.storage()
+        return f"{storage.rstrip('/')}/{self.name}" if "://" in storage else str(Path(storage) / self.name)
+
+
+@dataclass
+class SearchOutcome:
+    experiment_dir: str
+    trials: int
+    best_trial: Optional[str]
+    best_accuracy: Optional[float]
+    status_counts: dict = field(default_factory=dict)
+
+
+def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
+               resume: bool = False, echo=print) -> SearchOutcome:
+    """Search `space` around `base`; returns where the results are and the best trial."""
+    from .cluster import ensure_ray
+    from .recorder import SearchRecorder
+
+    ensure_ray(address)
+    base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
+    prepare_shared_state(space.base_config(base), echo)
+    recorder = SearchRecorder(spec.experiment_dir(), space, base)
+    tuner = _restored_tuner(base, space, spec, recorder) if resume else _new_tuner(base, space, spec, recorder)
+    tuner.fit()
+    # A restored Tuner runs the callbacks it pickled at the start, not `recorder`: read
+    # back what they wrote, so both paths finish from the tables on disk.
+    recorder.load_written()
+    recorder.finish()
+    return recorder.outcome()
+
+
+def prepare_shared_state(config: TrainConfig, echo=print) -> None:
+    """Data caches and the memory bank, built once here rather than by the first trials."""
+    from ..engine.loop import attach_bank, build_seeded_model, load_run_data
+
+    spec, train_data, _ = load_run_data(config)
+    if config.mode == "peft" and config.peft_config().uses_bank:
+        attach_bank(build_seeded_model(config, train_data.num_classes, echo=lambda *_: None),
+                    spec, train_data, config, echo)
+
+
+def _trainable(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
+    import ray.tune
+
+    worker_resources = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
+    trainable = ray.tune.with_parameters(_run_trial, base_config=base.model_dump(), space_raw=space.to_dict(),
+                                         workers=spec.workers_per_trial, worker_resources=worker_resources)
+    return ray.tune.with_resources(trainable, _trial_resources(spec))
+
+
+def _trial_resources(spec: SearchSpec):
+    import ray.tune
+
+    if spec.workers_per_trial == 1:
+        return {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    # The trial only drives a TorchTrainer: a sliver of a CPU; its workers ask for their own.
+    return ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK")
+
+
+def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, recorder):
+    import ray.tune
+
+    return ray.tune.Tuner(
+        _trainable(base, space, spec),
+        tune_config=ray.tune.TuneConfig(search_alg=_searcher(base, space, spec), scheduler=_scheduler(base, spec),
+                                        num_samples=spec.samples, reuse_actors=True),
+        run_config=ray.tune.RunConfig(
+            name=spec.name, storage_path=spec.storage(), callbacks=[recorder],
+            failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+
+
+def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, recorder):
+    import ray.tune
+
+    path = spec.experiment_dir()
+    if not ray.tune.Tuner.can_restore(path):
+        raise ConfigError(f"--resume: no search to resume at {path} (run it once without --resume)")
+    # Unfinished trials continue from their checkpoints; finished and errored ones are kept as they are.
+    return ray.tune.Tuner.restore(path, trainable=_trainable(base, space, spec), resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+
+
+def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    default = space.default_point(base)
+    metric, mode = ([METRIC, "trainable_params"], ["max", "min"]) if spec.multi_objective else (METRIC, "max")
+    searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode,
+                            points_to_evaluate=[default] if default else None,
+                            sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent(spec))
+
+
+def _scheduler(base: TrainConfig, spec: SearchSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not spec.asha:
+        return FIFOScheduler()
+    epochs = base.optim.epochs
+    return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=epochs,
+                         grace_period=min(spec.grace_period, epochs), reduction_factor=2)
+
+
+def max_concurrent(spec: SearchSpec) -> int:
+    """How many trials fit on the cluster at once (at least one)."""
+    if spec.max_concurrent:
+        return spec.max_concurrent
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus_per_trial = spec.cpus_per_trial * spec.workers_per_trial
+    fits = [int(resources.get("CPU", 1) // max(cpus_per_trial, 1e-9))]
+    if spec.gpus_per_trial > 0:
+        fits.append(int(resources.get("GPU", 0) // (spec.gpus_per_trial * spec.workers_per_trial)))
+    return max(1, min(fits))
+
+
+def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, worker_resources: dict) -> None:
+    """One trial: the space's point applied to the base config, trained and reported."""
+    raw = {key: value for key, value in space_raw.items() if value is not None}  # to_dict() -> from_dict()
+    space = SearchSpace.from_dict(raw, source=raw.pop("source", "<search space>"))
+    config = space.apply(TrainConfig.from_dict(base_config), params)
+    if workers == 1:
+        _train_in_trial(config)
+    else:
+        _train_with_workers(config, workers, worker_resources)
+
+
+def _train_in_trial(config: TrainConfig) -> None:
+    from ..engine.context import TuneTrialContext
+    from ..engine.loop import train
+
+    train(config, context=TuneTrialContext(), echo=lambda *_: None)
+
+
+def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dict) -> None:
+    """A TorchTrainer driven from the trial; TuneReportCallback forwards rank 0's reports.
+    The workers read the memory bank from the cache the search's driver warmed."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .train import _worker_loop
+
+    context = ray.tune.get_context()
+    resources = {k: v for k, v in worker_resources.items() if v}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config.model_dump(), "bank": None},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(resources.get("GPU")),
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=f"{context.get_trial_id()}-train",
+                                       storage_path=context.get_trial_dir(),
+                                       callbacks=[TuneReportCallback()]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
