@@ -347,6 +347,25 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_bench_search(sub) -> None:
+    p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA vs plain Optuna vs random search: time to a target")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4, help="the most a trial trains")
+    p.add_argument("--preset", default="tiny", help="backbone size of the trials")
+    p.add_argument("--samples-per-class", type=int, default=16, help="synth/hardest training size")
+    p.add_argument("--target", type=float, default=None,
+                   help="target accuracy (default: the lowest of the methods' best, a level all reached)")
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(func=_run_bench_search)
+
+
+def _run_bench_search(args) -> int:
+    from .bench.search import run_bench
+
+    run_bench(args.trials, args.epochs, args.preset, args.samples_per_class, args.target, args.json_path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -355,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_model(bench_sub)
     _add_bench_data(bench_sub)
     _add_bench_train(bench_sub)
+    _add_bench_search(bench_sub)
     _add_train(commands)
     _add_tune(commands)
     _add_report(commands)

@@ -56,8 +56,9 @@ class SearchOutcome:
 
 
 def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
-               resume: bool = False, echo=print) -> SearchOutcome:
-    """Search `space` around `base`; returns where the results are and the best trial."""
+               resume: bool = False, echo=print, callbacks: tuple = ()) -> SearchOutcome:
+    """Search `space` around `base`; returns where the results are and the best trial.
+    `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline)."""
     from .cluster import ensure_ray
     from .recorder import SearchRecorder
 
@@ -65,7 +66,7 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
     prepare_shared_state(space.base_config(base), echo)
     recorder = SearchRecorder(spec.experiment_dir(), space, base)
-    tuner = _restored_tuner(base, space, spec, recorder) if resume else _new_tuner(base, space, spec, recorder)
+    tuner = _restored_tuner(base, space, spec) if resume else _new_tuner(base, space, spec, [recorder, *callbacks])
     tuner.fit()
     # A restored Tuner runs the callbacks it pickled at the start, not `recorder`: read
     # back what they wrote, so both paths finish from the tables on disk.
@@ -102,7 +103,7 @@ def _trial_resources(spec: SearchSpec):
     return ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK")
 
 
-def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, recorder):
+def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, callbacks: list):
     import ray.tune
 
     return ray.tune.Tuner(
@@ -110,7 +111,7 @@ def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, recorder
         tune_config=ray.tune.TuneConfig(search_alg=_searcher(base, space, spec), scheduler=_scheduler(base, spec),
                                         num_samples=spec.samples, reuse_actors=True),
         run_config=ray.tune.RunConfig(
-            name=spec.name, storage_path=spec.storage(), callbacks=[recorder],
+            name=spec.name, storage_path=spec.storage(), callbacks=callbacks,
             failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -118,7 +119,7 @@ def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, recorder
     )
 
 
-def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, recorder):
+def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
     import ray.tune
 
     path = spec.experiment_dir()

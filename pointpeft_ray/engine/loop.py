@@ -44,6 +44,8 @@ class RunResult:
     trainable_params: int = 0
     total_params: int = 0
     wall_seconds: float = 0.0
+    setup_seconds: float = 0.0  # from the call to the first epoch: data, model, bank, restore
+    bank_seconds: float = 0.0
 
 
 def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=None, seed: int = 0) -> dict:
@@ -101,6 +103,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
     device = context.device
     spec, train_data, test_data = load_run_data(config)
     model = build_seeded_model(config, train_data.num_classes, echo).to(device)
+    bank_start = time.perf_counter()
     if isinstance(model, PointPEFTModel) and model.peft_config.uses_bank:
         if bank is not None:
             model.attach_memory_bank(bank)
@@ -108,7 +111,8 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
         else:
             attach_bank(model, spec, train_data, config, echo)
     result = RunResult(trainable_params=build.trainable_count(model),
-                       total_params=sum(p.numel() for p in model.parameters()))
+                       total_params=sum(p.numel() for p in model.parameters()),
+                       bank_seconds=time.perf_counter() - bank_start)
     model = context.wrap_model(model)
     optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
     start_epoch = _restore(context, model, optimizer, result, echo)
@@ -122,6 +126,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
     scalars = ScalarLogger(config.tensorboard_dir() if context.rank == 0 else None)
     snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
                         export=lambda directory: export_model(model, directory))
+    result.setup_seconds = time.perf_counter() - start_time
     try:
         for epoch in range(start_epoch, config.optim.epochs):
             lr = build.lr_at(epoch, config)
@@ -129,7 +134,9 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
                 group["lr"] = lr
             train_stats = _train_epoch(model, optimizer, train_loader, epoch, config, device, use_bf16)
             metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
-                       "trainable_params": result.trainable_params}
+                       "trainable_params": result.trainable_params,
+                       # start-up cost of this run (data, model, bank): what a search pays per trial
+                       "setup_seconds": result.setup_seconds, "bank_seconds": result.bank_seconds}
             is_best = False
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs:
                 evaluation = evaluate(model, test_loader, device, num_classes=train_data.num_classes,
