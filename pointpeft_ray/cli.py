@@ -118,12 +118,11 @@ def _add_data(sub) -> None:
     inspect.set_defaults(func=_run_data_inspect)
 
 
-def _add_train(commands) -> None:
-    p = commands.add_parser("train", help="fine-tune (peft, full or linear) from a YAML config on Ray Train")
-    p.add_argument("config", help="YAML file of a TrainConfig")
+def _add_ray_run_args(p) -> None:
+    """What a Ray Train run (train, pretrain) is given on the command line."""
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (with --in-process: device cuda)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs per worker (default: the cluster's CPUs shared out among the workers)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -133,6 +132,12 @@ def _add_train(commands) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
     p.add_argument("--in-process", action="store_true", help="run the loop in this process, without Ray")
     p.add_argument("--json", dest="json_path", default=None, help="write the run's history and summary as JSON")
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="fine-tune (peft, full or linear) from a YAML config on Ray Train")
+    p.add_argument("config", help="YAML file of a TrainConfig")
+    _add_ray_run_args(p)
     p.set_defaults(func=_run_train)
 
 
@@ -194,19 +199,9 @@ def _train_on_ray(config, spec, address):
 def _add_pretrain(commands) -> None:
     p = commands.add_parser("pretrain", help="Point-MAE masked-autoencoder pre-training from a YAML config on Ray Train")
     p.add_argument("config", help="YAML file of a PretrainConfig")
-    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (with --in-process: device cuda)")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
-                   help="CPUs per worker (default: the cluster's CPUs shared out among the workers)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--name", default=None, help="run name; rerunning the same name resumes (default: config file stem)")
-    p.add_argument("--storage", default=None, help="storage path or pyarrow.fs URI (default: ./runs)")
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
-    p.add_argument("--in-process", action="store_true", help="run the loop in this process, without Ray")
+    _add_ray_run_args(p)
     p.add_argument("--output", default=None,
                    help="where to write pretrain.pth (default: the config's output, else runs/NAME/pretrain.pth)")
-    p.add_argument("--json", dest="json_path", default=None, help="write the run's history and summary as JSON")
     p.set_defaults(func=_run_pretrain)
 
 

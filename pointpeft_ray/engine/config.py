@@ -18,10 +18,11 @@ from ..models.peft.config import PointPEFTConfig
 from ..models.presets import PRESETS
 
 
-class ModelSection(StrictConfig):
+class BackboneChoice(StrictConfig):
+    """A backbone size: a named preset, with BackboneConfig fields overriding it."""
+
     preset: Optional[str] = Field("point_mae", description="named size (point_mae, small, tiny); fields below override it")
     backbone: dict = Field(default_factory=dict, description="BackboneConfig fields overriding the preset")
-    checkpoint: Optional[str] = Field(None, description="pre-trained weights (Point-MAE / Point-BERT layout)")
 
     @model_validator(mode="after")
     def _known_preset(self):
@@ -30,9 +31,15 @@ class ModelSection(StrictConfig):
         self.backbone_config()  # validate the overrides now, naming the bad key
         return self
 
+    def preset_backbone(self) -> dict:
+        return PRESETS[self.preset].backbone.model_dump() if self.preset else {}
+
     def backbone_config(self) -> BackboneConfig:
-        base = PRESETS[self.preset].backbone.model_dump() if self.preset else {}
-        return BackboneConfig.from_dict({**base, **self.backbone}, where="model.backbone")
+        return BackboneConfig.from_dict({**self.preset_backbone(), **self.backbone}, where="model.backbone")
+
+
+class ModelSection(BackboneChoice):
+    checkpoint: Optional[str] = Field(None, description="pre-trained weights (Point-MAE / Point-BERT layout)")
 
     def peft_defaults(self) -> dict:
         return dict(PRESETS[self.preset].peft_overrides) if self.preset else {}
@@ -49,7 +56,9 @@ class DataSection(StrictConfig):
                           description="task options, e.g. samples_per_class / points / seed of a synthetic task")
 
 
-class OptimSection(StrictConfig):
+class ScheduleSection(StrictConfig):
+    """AdamW with a warm-up then cosine schedule (build.lr_at reads these fields)."""
+
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     epochs: int = Field(300, ge=1)
@@ -58,13 +67,18 @@ class OptimSection(StrictConfig):
     min_lr: float = Field(1e-6, ge=0)
     batch_size: int = Field(32, ge=1)
     grad_clip: Optional[float] = Field(10.0, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _warmup_fits(self):
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         return self
+
+
+class OptimSection(ScheduleSection):
+    """The published fine-tune recipe (SPEC 3)."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainConfig(StrictConfig):

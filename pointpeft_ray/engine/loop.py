@@ -231,6 +231,20 @@ def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, ec
     return bank
 
 
+def optimizer_step(loss: torch.Tensor, optimizer, params: list, grad_clip: float | None, where: str) -> float:
+    """Backward, clip, step; returns the loss. A NaN/inf loss stops the run before it
+    updates anything (the last checkpoint stays good)."""
+    loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
+    if not math.isfinite(loss_value):
+        raise TrainingDivergedError(f"loss is {loss_value} at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss_value
+
+
 def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, device, use_bf16: bool) -> dict:
     build.set_train_mode(model, True)
     loader.set_epoch(epoch)
@@ -243,14 +257,7 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, devi
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = build.forward(model, batch.points, batch.index)
         loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=config.optim.label_smoothing)
-        loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
-        if not math.isfinite(loss_value):
-            raise TrainingDivergedError(f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
-        optimizer.step()
+        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip, f"epoch {epoch + 1}, step {step + 1}")
         loss_sum += loss_value * batch.labels.numel()
         correct += (logits.argmax(-1) == batch.labels).sum()
         seen += batch.labels.numel()

@@ -12,30 +12,16 @@ from typing import Optional
 from pydantic import Field, model_validator
 
 from ..configuration import StrictConfig
-from ..models.backbone import BackboneConfig
-from ..models.presets import PRESETS
+from ..engine.config import BackboneChoice, ScheduleSection
 
 # The published pre-training runs the ScanObjectNN-sized transformer on 64
 # patches of 32 points (1024-point ShapeNet clouds) instead of 128 patches.
 PRESET_PRETRAIN_OVERRIDES = {"point_mae": {"num_group": 64}}
 
 
-class PretrainModelSection(StrictConfig):
-    preset: Optional[str] = Field("point_mae", description="named size (point_mae, small, tiny); fields below override it")
-    backbone: dict = Field(default_factory=dict, description="BackboneConfig fields overriding the preset")
-
-    @model_validator(mode="after")
-    def _known_preset(self):
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-        self.backbone_config()  # validate the overrides now, naming the bad key
-        return self
-
-    def backbone_config(self) -> BackboneConfig:
-        base = {}
-        if self.preset:
-            base = {**PRESETS[self.preset].backbone.model_dump(), **PRESET_PRETRAIN_OVERRIDES.get(self.preset, {})}
-        return BackboneConfig.from_dict({**base, **self.backbone}, where="model.backbone")
+class PretrainModelSection(BackboneChoice):
+    def preset_backbone(self) -> dict:
+        return {**super().preset_backbone(), **PRESET_PRETRAIN_OVERRIDES.get(self.preset, {})}
 
 
 class MaskSection(StrictConfig):
@@ -62,23 +48,12 @@ class PretrainDataSection(StrictConfig):
                           description="task options, e.g. samples_per_class / points / seed of a synthetic task")
 
 
-class PretrainOptimSection(StrictConfig):
-    """Field names match the fine-tune OptimSection, so the shared schedule reads either."""
+class PretrainOptimSection(ScheduleSection):
+    """The published pre-training recipe (SPEC 6); the schedule is the fine-tune one."""
 
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    epochs: int = Field(300, ge=1)
-    warmup_epochs: int = Field(10, ge=0)
-    warmup_start_lr: float = Field(1e-6, ge=0)
-    min_lr: float = Field(1e-6, ge=0)
     batch_size: int = Field(128, ge=1)
     grad_clip: Optional[float] = Field(None, gt=0, description="published pre-training does not clip")
-
-    @model_validator(mode="after")
-    def _warmup_fits(self):
-        if self.warmup_epochs >= self.epochs and self.epochs > 1:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
-        return self
 
 
 class PretrainConfig(StrictConfig):

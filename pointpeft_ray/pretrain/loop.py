@@ -6,7 +6,6 @@ and the run state used for resuming.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..engine import build
 from ..engine.context import InProcessContext, Snapshot
-from ..engine.loop import TrainingDivergedError
+from ..engine.loop import optimizer_step
 from ..errors import ConfigError
 from .checkpoint import write_pretrain_checkpoint
 from .config import PretrainConfig
@@ -108,14 +107,8 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, d
         points = batch.points.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(points)
-        loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
-        if not math.isfinite(loss_value):
-            raise TrainingDivergedError(f"pre-training loss is {loss_value} at epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
-        optimizer.step()
+        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip,
+                                    f"pre-training epoch {epoch + 1}, step {step + 1}")
         loss_sum += loss_value * points.shape[0]
         seen += points.shape[0]
     seconds = time.perf_counter() - start
