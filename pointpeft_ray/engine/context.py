@@ -100,11 +100,7 @@ class RayTrainContext:
     def restore(self) -> dict | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state(Path(directory) / STATE_FILE)
+        return state_of(ray.train.get_checkpoint())
 
     def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
         import ray.train
@@ -140,11 +136,7 @@ class TuneTrialContext:
     def restore(self) -> dict | None:
         import ray.tune
 
-        checkpoint = ray.tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state(Path(directory) / STATE_FILE)
+        return state_of(ray.tune.get_checkpoint())
 
     def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
         import ray.tune
@@ -164,6 +156,14 @@ class TuneTrialContext:
 def save_state(state: dict, path: Path) -> None:
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
+
+
+def state_of(checkpoint) -> dict | None:
+    """The run state inside a Ray (Train or Tune) checkpoint, or None without one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(Path(directory) / STATE_FILE)
 
 
 def load_state(path: Path) -> dict:
