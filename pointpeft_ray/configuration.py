@@ -40,20 +40,25 @@ class StrictConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path):
         """Build from a YAML file; errors name the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
-        return cls.from_dict(raw, where=str(path))
+        return cls.from_dict(read_yaml_mapping(path), where=str(path))
 
     def replace(self, **changes: Any):
         """A copy with some fields changed, validated again."""
         return type(self)(**{**self.model_dump(), **changes})
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping (an empty file is {}); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+    return raw
 
 
 def _reject_unknown_keys(cls: type[BaseModel], data: Mapping[str, Any], where: str) -> None:
