@@ -122,7 +122,9 @@ def _add_ray_run_args(p) -> None:
     """What a Ray Train run (train, pretrain) is given on the command line."""
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (with --in-process: device cuda)")
+    p.add_argument("--gpu", action="store_true", help="GPU workers (with --in-process: device cuda)")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="with --gpu: GPUs per worker; a fraction shares a GPU between runs")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs per worker (default: the cluster's CPUs shared out among the workers)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -157,9 +159,9 @@ def _run_train(args) -> int:
     config = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
-    spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-                      name=args.name or Path(args.config).stem, storage_path=args.storage,
-                      max_failures=args.max_failures)
+    spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
+                      cpus_per_worker=args.cpus_per_worker, name=args.name or Path(args.config).stem,
+                      storage_path=args.storage, max_failures=args.max_failures)
     try:
         summary = _train_in_process(config, spec) if args.in_process else _train_on_ray(config, spec, args.address)
     except KeyboardInterrupt:
@@ -235,7 +237,8 @@ def _run_pretrain(args) -> int:
         from .distributed.pretrain import fit_pretrain
         from .distributed.train import RayRunSpec
 
-        spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, name=name,
+        spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
+                          cpus_per_worker=args.cpus_per_worker, name=name,
                           storage_path=args.storage, max_failures=args.max_failures)
         result = fit_pretrain(config, spec, args.address)
     loss = "n/a (no epoch left to run)" if result.final_loss is None else f"{result.final_loss:.5f}"
@@ -348,6 +351,7 @@ def _add_bench_search(sub) -> None:
     p.add_argument("--epochs", type=int, default=4, help="the most a trial trains")
     p.add_argument("--preset", default="tiny", help="backbone size of the trials")
     p.add_argument("--samples-per-class", type=int, default=16, help="synth/hardest training size")
+    p.add_argument("--checkpoint", default=None, help="pre-trained backbone weights for the trials (pretrain.pth)")
     p.add_argument("--target", type=float, default=None,
                    help="target accuracy (default: the lowest of the methods' best, a level all reached)")
     p.add_argument("--json", dest="json_path", default=None)
@@ -357,7 +361,8 @@ def _add_bench_search(sub) -> None:
 def _run_bench_search(args) -> int:
     from .bench.search import run_bench
 
-    run_bench(args.trials, args.epochs, args.preset, args.samples_per_class, args.target, args.json_path)
+    run_bench(args.trials, args.epochs, args.preset, args.samples_per_class, args.target, args.json_path,
+              args.checkpoint)
     return 0
 
 

@@ -60,9 +60,10 @@ def bench_space(preset: str) -> SearchSpace:
     return SearchSpace.from_dict(raw, source=f"{SPACE_FILE.name} (preset {preset})")
 
 
-def bench_config(preset: str, epochs: int, samples_per_class: int, cache_dir: str) -> TrainConfig:
+def bench_config(preset: str, epochs: int, samples_per_class: int, cache_dir: str,
+                 checkpoint: Optional[str] = None) -> TrainConfig:
     return TrainConfig.from_dict({
-        "mode": "peft", "model": {"preset": preset}, "seed": 0,
+        "mode": "peft", "model": {"preset": preset, "checkpoint": checkpoint}, "seed": 0,
         "data": {"task": "synth/hardest", "cache_dir": cache_dir, "options": {"samples_per_class": samples_per_class}},
         "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
     })
@@ -117,12 +118,13 @@ def run_optuna(base: TrainConfig, space: SearchSpace, trials: int, pruned: bool)
 
 
 def run_bench(trials: int = 8, epochs: int = 4, preset: str = "tiny", samples_per_class: int = 16,
-              target: Optional[float] = None, json_path: Optional[str] = None, echo=print) -> dict:
+              target: Optional[float] = None, json_path: Optional[str] = None, checkpoint: Optional[str] = None,
+              echo=print) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..distributed.tune import prepare_shared_state
 
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-search-") as tmp:
-        base = bench_config(preset, epochs, samples_per_class, str(Path(tmp) / "cache"))
+        base = bench_config(preset, epochs, samples_per_class, str(Path(tmp) / "cache"), checkpoint)
         space = bench_space(preset)
         ensure_ray(None)
         start = time.perf_counter()
@@ -137,7 +139,7 @@ def run_bench(trials: int = 8, epochs: int = 4, preset: str = "tiny", samples_pe
     tune_timeline = runs["ray_tune"][0]
     payload = {
         "benchmark": "search", "machine": machine_info("cpu"), "trials": trials, "epochs": epochs,
-        "preset": preset, "task": "synth/hardest", "samples_per_class": samples_per_class, "target": target,
+        "preset": preset, "checkpoint": checkpoint, "task": "synth/hardest", "samples_per_class": samples_per_class, "target": target,
         "shared_state_seconds": shared, "methods": methods,
         "ray_trial_setup_seconds": tune_timeline.setup_seconds,
         "ray_trial_bank_seconds": tune_timeline.bank_seconds,

@@ -45,8 +45,7 @@ def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address
     trainer = TorchTrainer(
         _pretrain_worker_loop,
         train_loop_config={"config": worker_config.model_dump()},
-        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
-                                               resources_per_worker={"CPU": spec.cpus_per_worker}),
+        scaling_config=spec.scaling_config(),
         run_config=ray.train.RunConfig(
             name=spec.name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),

@@ -21,6 +21,7 @@ SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
 class RayRunSpec:
     workers: int = 1
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # with use_gpu: a fraction lets several small runs share a GPU
     cpus_per_worker: float | None = None  # None: the cluster's CPUs shared out among the workers
     name: str = "pointpeft-train"
     storage_path: str | None = None  # local folder or pyarrow.fs URI; default ./runs
@@ -35,6 +36,15 @@ class RayRunSpec:
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         return replace(self, cpus_per_worker=float(max(1, cpus // self.workers)))
+
+    def scaling_config(self):
+        import ray.train
+
+        resources = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = self.gpus_per_worker
+        return ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
+                                       resources_per_worker=resources)
 
     def storage(self) -> str:
         return self.storage_path or str(Path("runs").resolve())
@@ -103,7 +113,7 @@ def prepare_bank(config: TrainConfig, spec: RayRunSpec):
     if not spec.use_gpu:
         # CPU workers would compute it at the same speed: do it here and save a process start.
         return ray.put(_build_bank(config.model_dump(), False))
-    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=1 if spec.use_gpu else 0)(_build_bank)
+    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(_build_bank)
     bank = ray.get(task.remote(config.model_dump(), spec.use_gpu))
     return ray.put(bank)
 
@@ -130,8 +140,7 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None):
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec)},
-        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
-                                               resources_per_worker={"CPU": spec.cpus_per_worker}),
+        scaling_config=spec.scaling_config(),
         run_config=ray.train.RunConfig(
             name=spec.name, storage_path=spec.storage(),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
