@@ -67,7 +67,8 @@ class SearchRecorder(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         record = self._record(trial)
         last_epoch = max((epoch for (tid, epoch) in self.epochs if tid == trial.trial_id), default=0)
-        if last_epoch < self.base.optim.epochs:
+        planned = record["params"].get("optim.epochs", self.base.optim.epochs)  # the space may search it
+        if last_epoch < planned:
             record["status"], record["stop_reason"] = "stopped", f"early stopping (ASHA) after epoch {last_epoch}"
         else:
             record["status"], record["stop_reason"] = "completed", f"finished {last_epoch} epochs"
