@@ -203,3 +203,39 @@ def search_space_of(table: pa.Table) -> Optional[dict]:
     """The search space a trials table was written with (as SearchSpace.to_dict())."""
     raw = (table.schema.metadata or {}).get(SPACE_KEY)
     return json.loads(raw) if raw else None
+
+
+# --- tasks (multi-task fine-tuning) ---
+
+TASKS_SCHEMA_VERSION = 1
+TASK_STATUSES = ("completed", "failed")
+TASK_COLUMNS = [
+    ("task", pa.string()), ("task_name", pa.string()), ("mode", pa.string()), ("status", pa.string()),
+    ("best_accuracy", pa.float64()), ("best_epoch", pa.int64()), ("final_accuracy", pa.float64()),
+    ("final_mean_class_accuracy", pa.float64()), ("final_loss", pa.float64()), ("epochs", pa.int64()),
+    ("trainable_params", pa.int64()), ("total_params", pa.int64()), ("adapter_path", pa.string()),
+    ("node", pa.string()), ("wall_seconds", pa.float64()), ("error", pa.string()), ("config", pa.string()),
+]
+
+
+def tasks_schema() -> pa.Schema:
+    fields = [pa.field(name, dtype, nullable=name not in ("task", "status")) for name, dtype in TASK_COLUMNS]
+    return pa.schema(fields, metadata={TABLE_KEY: b"tasks", VERSION_KEY: str(TASKS_SCHEMA_VERSION).encode()})
+
+
+def tasks_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """One row per fine-tuned task (`config` is the task's TrainConfig as JSON; the
+    epochs of a task go to an epochs table with trial_id = the task's label)."""
+    names = [name for name, _ in TASK_COLUMNS]
+    selected = []
+    for row in rows:
+        unknown = set(row) - set(names)
+        if unknown or row.get("status") not in TASK_STATUSES:
+            raise ResultsError(f"task row {row.get('task')!r}: unknown key(s) {sorted(unknown)} or status "
+                               f"{row.get('status')!r} (expected one of {TASK_STATUSES})")
+        selected.append({name: row.get(name) for name in names})
+    return _table(selected, tasks_schema())
+
+
+def read_tasks(path) -> pa.Table:
+    return _read_checked(path, b"tasks", TASKS_SCHEMA_VERSION)

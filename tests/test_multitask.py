@@ -1,0 +1,50 @@
+"""Multi-task fine-tuning on a real local Ray: tasks in parallel, one broken task recorded."""
+import json
+
+import pandas as pd
+import pytest
+
+from pointpeft_ray.distributed.multitask import TaskRun, run_tasks
+from pointpeft_ray.engine.config import TrainConfig
+from pointpeft_ray.engine.loop import build_seeded_model
+from pointpeft_ray.models.peft.model import PointPEFTModel
+from pointpeft_ray.results.tables import read_tasks
+
+
+def _config(tmp_path, task, **data) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "mode": "peft", "model": {"preset": "tiny"},
+        "data": {"task": task, "cache_dir": str(tmp_path / "cache"), **data},
+        "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size": 15},
+    })
+
+
+def test_tasks_run_in_parallel_and_a_failing_one_is_recorded(local_ray, tmp_path):
+    small = {"options": {"samples_per_class": 4, "points": 256}}
+    runs = [TaskRun("clean", _config(tmp_path, "synth/clean", **small)),
+            TaskRun("objbg", _config(tmp_path, "synth/objbg", **small)),
+            TaskRun("broken", _config(tmp_path, "scanobjectnn/obj_bg", root=str(tmp_path / "no-such-folder")))]
+    rows = run_tasks(runs, tmp_path / "tasks", echo=lambda *_: None)
+    assert sorted(r["task"] for r in rows) == ["broken", "clean", "objbg"]
+
+    table = pd.read_parquet(tmp_path / "tasks" / "tasks.parquet")  # an independent reader
+    read_tasks(tmp_path / "tasks" / "tasks.parquet")  # and the schema version checks out
+    by_task = table.set_index("task")
+    assert by_task.loc["broken", "status"] == "failed" and "no-such-folder" in by_task.loc["broken", "error"]
+    for label in ("clean", "objbg"):
+        row = by_task.loc[label]
+        assert row.status == "completed" and row.epochs == 2 and row.node and 0 <= row.best_accuracy <= 100
+        assert json.loads(row.config)["data"]["task"] == f"synth/{label}"
+        # each task's adapter loads onto the shared frozen backbone
+        config = next(r.config for r in runs if r.label == label)
+        model = PointPEFTModel.from_adapter(build_seeded_model(config, 15, echo=lambda *_: None).backbone,
+                                            row.adapter_path)
+        assert model.get_nb_trainable_parameters()[0] == row.trainable_params
+    epochs = pd.read_parquet(tmp_path / "tasks" / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id").size().items()) == [("clean", 2), ("objbg", 2)]
+
+
+def test_duplicate_labels_are_refused(tmp_path):
+    config = _config(tmp_path, "synth/clean")
+    with pytest.raises(ValueError, match="unique"):
+        run_tasks([TaskRun("a", config), TaskRun("a", config)], tmp_path / "tasks")
