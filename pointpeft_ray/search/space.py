@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import pyarrow as pa
-import yaml
 from pydantic import Field
 
-from ..configuration import StrictConfig
+from ..configuration import StrictConfig, read_yaml_mapping
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from .parameters import FixedParameter, NumericParameter, Parameter, parse_parameter, same_value
@@ -61,14 +60,7 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SearchSpace":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"search space file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_yaml_mapping(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<search space>") -> "SearchSpace":
