@@ -14,6 +14,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    # Ray Train's controller polls its workers every 2 s by default, so a finished run is
+    # noticed up to 2 s late and a short run pays it every time (an empty TorchTrainer:
+    # 11.8 s with 2 s, 7.4 s with 0.25 s on 2 cores). The processes of an embedded Ray
+    # inherit this environment; a user's own setting wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     # The dashboard (bound to loopback) also serves the state API that Ray
     # Train's clean-up monitor polls; without it that monitor logs warnings.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
