@@ -366,6 +366,22 @@ def _run_bench_search(args) -> int:
     return 0
 
 
+def _add_bench_multitask(sub) -> None:
+    p = sub.add_parser("multitask", help="two fine-tunes in parallel (1 CPU each) vs one after the other")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--samples-per-class", type=int, default=16)
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(func=_run_bench_multitask)
+
+
+def _run_bench_multitask(args) -> int:
+    from .bench.multitask import run_bench
+
+    run_bench(args.preset, args.epochs, args.samples_per_class, args.json_path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -375,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_data(bench_sub)
     _add_bench_train(bench_sub)
     _add_bench_search(bench_sub)
+    _add_bench_multitask(bench_sub)
     _add_train(commands)
     _add_tune(commands)
     _add_report(commands)

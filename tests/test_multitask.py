@@ -48,3 +48,12 @@ def test_duplicate_labels_are_refused(tmp_path):
     config = _config(tmp_path, "synth/clean")
     with pytest.raises(ValueError, match="unique"):
         run_tasks([TaskRun("a", config), TaskRun("a", config)], tmp_path / "tasks")
+
+
+def test_bench_multitask_runs_and_writes_its_figures(local_ray, tmp_path):
+    from pointpeft_ray.bench.multitask import run_bench
+
+    out = tmp_path / "bench.json"
+    payload = run_bench(preset="tiny", epochs=1, samples_per_class=4, json_path=str(out), echo=lambda *_: None)
+    assert json.loads(out.read_text())["ratio"] == payload["ratio"] > 0
+    assert payload["parallel_seconds"] > 0 and payload["sequential_seconds"] > 0

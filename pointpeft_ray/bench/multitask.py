@@ -1,0 +1,61 @@
+"""`pointpeft-ray bench multitask`: two fine-tunes side by side vs one after the other.
+
+Both ways run the same two tasks (synth/objbg and synth/hardest, PEFT) as Ray tasks
+with 1 CPU each: in parallel (one `run_tasks` call) and sequentially (one call per
+task). Data and bank caches are warmed and Ray started before the clock runs.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from ..engine.config import TrainConfig
+from .report import format_table, machine_info, write_json
+
+GOAL_RATIO = 0.6
+TASKS = ("synth/objbg", "synth/hardest")
+
+
+def task_config(task: str, preset: str, epochs: int, samples_per_class: int, cache_dir: str) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "mode": "peft", "model": {"preset": preset}, "seed": 0,
+        "data": {"task": task, "cache_dir": cache_dir, "options": {"samples_per_class": samples_per_class}},
+        "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
+    })
+
+
+def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 16, json_path: str | None = None,
+              echo=print) -> dict:
+    from ..distributed.cluster import ensure_ray
+    from ..distributed.multitask import TaskRun, run_tasks
+    from ..distributed.tune import prepare_shared_state
+
+    with tempfile.TemporaryDirectory(prefix="pointpeft-bench-multitask-") as tmp:
+        configs = [task_config(task, preset, epochs, samples_per_class, str(Path(tmp) / "cache")) for task in TASKS]
+        for config in configs:
+            prepare_shared_state(config, echo=lambda *_: None)  # data + bank caches, not timed
+        ensure_ray(None)
+        runs = [TaskRun(config.data.task.replace("/", "_"), config, cpus=1) for config in configs]
+        start = time.perf_counter()
+        for run in runs:
+            run_tasks([run], Path(tmp) / "sequential", echo=lambda *_: None)
+        sequential = time.perf_counter() - start
+        start = time.perf_counter()
+        rows = run_tasks(runs, Path(tmp) / "parallel", echo=lambda *_: None)
+        parallel = time.perf_counter() - start
+    failed = [row for row in rows if row["status"] != "completed"]
+    if failed:
+        raise RuntimeError(f"bench multitask: a task failed: {failed[0]['error']}")
+    ratio = parallel / sequential
+    payload = {"benchmark": "multitask", "machine": machine_info("cpu"), "tasks": list(TASKS), "preset": preset,
+               "epochs": epochs, "samples_per_class": samples_per_class, "sequential_seconds": sequential,
+               "parallel_seconds": parallel, "ratio": ratio, "goal_ratio": GOAL_RATIO}
+    echo(f"multitask bench: {len(TASKS)} PEFT tasks ({', '.join(TASKS)}), preset {preset}, {epochs} epochs, "
+         f"{samples_per_class}/class, 1 CPU per task")
+    echo(format_table(["way", "wall s"], [("one after the other", sequential), ("in parallel", parallel)]))
+    echo(f"ratio {ratio:.2f} (goal <= {GOAL_RATIO})")
+    if json_path:
+        write_json(json_path, payload)
+        echo(f"[bench multitask] figures written to {json_path}")
+    return payload
