@@ -29,12 +29,12 @@ def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 1
               echo=print) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..distributed.multitask import TaskRun, run_tasks
-    from ..distributed.tune import prepare_shared_state
+    from ..engine.loop import prepare_run
 
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-multitask-") as tmp:
         configs = [task_config(task, preset, epochs, samples_per_class, str(Path(tmp) / "cache")) for task in TASKS]
         for config in configs:
-            prepare_shared_state(config, echo=lambda *_: None)  # data + bank caches, not timed
+            prepare_run(config, echo=lambda *_: None)  # data + bank caches, not timed
         ensure_ray(None)
         runs = [TaskRun(config.data.task.replace("/", "_"), config, cpus=1) for config in configs]
         start = time.perf_counter()

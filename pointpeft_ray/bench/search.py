@@ -121,14 +121,14 @@ def run_bench(trials: int = 8, epochs: int = 4, preset: str = "tiny", samples_pe
               target: Optional[float] = None, json_path: Optional[str] = None, checkpoint: Optional[str] = None,
               echo=print) -> dict:
     from ..distributed.cluster import ensure_ray
-    from ..distributed.tune import prepare_shared_state
+    from ..engine.loop import prepare_run
 
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-search-") as tmp:
         base = bench_config(preset, epochs, samples_per_class, str(Path(tmp) / "cache"), checkpoint)
         space = bench_space(preset)
         ensure_ray(None)
         start = time.perf_counter()
-        prepare_shared_state(space.base_config(base), echo=lambda *_: None)  # data + bank, paid once
+        prepare_run(space.base_config(base), echo=lambda *_: None)  # data + bank, paid once
         shared = time.perf_counter() - start
         runs = {"ray_tune": run_ray_tune(base, space, trials, str(Path(tmp) / "ray"))}
         runs["optuna"] = run_optuna(base, space, trials, pruned=True)

@@ -33,13 +33,11 @@ def default_config(epochs: int, cache_dir: str) -> TrainConfig:
 def run_bench(epochs: int = 6, json_path: str | None = None, address: str | None = None, echo=print) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..distributed.train import RayRunSpec, fit
-    from ..engine.loop import attach_bank, build_seeded_model, load_run_data, train
+    from ..engine.loop import prepare_run, train
 
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-train-") as tmp:
         config = default_config(epochs, str(Path(tmp) / "cache"))
-        spec, train_data, _ = load_run_data(config)  # warm the data and bank caches
-        attach_bank(build_seeded_model(config, train_data.num_classes, echo=lambda *_: None), spec, train_data,
-                    config, echo=lambda *_: None)
+        prepare_run(config, echo=lambda *_: None)  # warm the data and bank caches
         start = time.perf_counter()
         ensure_ray(address)
         ray_start = time.perf_counter() - start
@@ -66,8 +64,8 @@ def run_bench(epochs: int = 6, json_path: str | None = None, address: str | None
         "in_process_samples_per_second": direct.history[-1]["train_samples_per_second"],
         "ray_train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
     }
-    echo(f"train bench: PEFT, small backbone, synth/hardest ({len(train_data)} train samples), {epochs} epochs, "
-         f"torch threads {torch.get_num_threads()}; Ray started in {ray_start:.1f}s (not counted)")
+    echo(f"train bench: PEFT, small backbone, synth/hardest ({config.data.options['samples_per_class']} per class), "
+         f"{epochs} epochs, torch threads {torch.get_num_threads()}; Ray started in {ray_start:.1f}s (not counted)")
     echo(format_table(["run", "wall s", "best acc", "samples/s (last epoch)"], [
         ("in-process loop", direct_wall, direct.best_accuracy, payload["in_process_samples_per_second"]),
         ("Ray Train, 1 worker", ray_wall, payload["ray_train_best_accuracy"], payload["ray_train_samples_per_second"]),

@@ -39,7 +39,6 @@ class SearchRecorder(Callback):
         self.base = base
         self.trials: dict[str, dict] = {}
         self.epochs: dict[tuple[str, int], dict] = {}
-        self.started: dict[str, float] = {}
         self._last_write = 0.0
 
     # --- Tune's hooks ---
@@ -50,7 +49,6 @@ class SearchRecorder(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         record = self._record(trial)
         record["status"] = "running"
-        self.started.setdefault(trial.trial_id, time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         record = self._record(trial)

@@ -90,32 +90,25 @@ def _worker_loop(loop_config: dict) -> None:
     train(config, context=context, echo=worker_echo, bank=bank)
 
 
-def _build_bank(config_dict: dict, use_gpu: bool):
-    """The bank over the training split, via the on-disk cache (here or in a Ray task)."""
-    from ..engine.build import resolve_device
-    from ..engine.loop import attach_bank, build_seeded_model, load_run_data
+def _prepare_on_gpu(config_dict: dict):
+    from ..engine.loop import prepare_run
 
-    config = TrainConfig.from_dict(config_dict)
-    spec, train_data, _ = load_run_data(config)
-    device = resolve_device("cuda" if use_gpu else "cpu")
-    model = build_seeded_model(config, train_data.num_classes).to(device)
-    bank = attach_bank(model, spec, train_data, config)
-    bank.max_features, bank.cls_features = bank.max_features.cpu(), bank.cls_features.cpu()
-    return bank
+    return prepare_run(TrainConfig.from_dict(config_dict), device="cuda")
 
 
 def prepare_bank(config: TrainConfig, spec: RayRunSpec):
     """An ObjectRef to the run's memory bank, or None when the run uses no bank."""
     import ray
 
-    if config.mode != "peft" or not config.peft_config().uses_bank:
+    from ..engine.loop import prepare_run
+
+    if not config.uses_memory_bank():
         return None
     if not spec.use_gpu:
         # CPU workers would compute it at the same speed: do it here and save a process start.
-        return ray.put(_build_bank(config.model_dump(), False))
-    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(_build_bank)
-    bank = ray.get(task.remote(config.model_dump(), spec.use_gpu))
-    return ray.put(bank)
+        return ray.put(prepare_run(config))
+    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(_prepare_on_gpu)
+    return ray.put(ray.get(task.remote(config.model_dump())))
 
 
 def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:

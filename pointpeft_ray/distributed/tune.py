@@ -59,12 +59,13 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
                resume: bool = False, echo=print, callbacks: tuple = ()) -> SearchOutcome:
     """Search `space` around `base`; returns where the results are and the best trial.
     `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline)."""
+    from ..engine.loop import prepare_run
     from .cluster import ensure_ray
     from .recorder import SearchRecorder
 
     ensure_ray(address)
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
-    prepare_shared_state(space.base_config(base), echo)
+    prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
     recorder = SearchRecorder(spec.experiment_dir(), space, base)
     tuner = _restored_tuner(base, space, spec) if resume else _new_tuner(base, space, spec, [recorder, *callbacks])
     tuner.fit()
@@ -73,16 +74,6 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     recorder.load_written()
     recorder.finish()
     return recorder.outcome()
-
-
-def prepare_shared_state(config: TrainConfig, echo=print) -> None:
-    """Data caches and the memory bank, built once here rather than by the first trials."""
-    from ..engine.loop import attach_bank, build_seeded_model, load_run_data
-
-    spec, train_data, _ = load_run_data(config)
-    if config.mode == "peft" and config.peft_config().uses_bank:
-        attach_bank(build_seeded_model(config, train_data.num_classes, echo=lambda *_: None),
-                    spec, train_data, config, echo)
 
 
 def _trainable(base: TrainConfig, space: SearchSpace, spec: SearchSpec):

@@ -110,6 +110,9 @@ class TrainConfig(StrictConfig):
             raise ConfigError(f"data.root: folder not found: {root} (task {self.data.task})")
         return self
 
+    def uses_memory_bank(self) -> bool:
+        return self.mode == "peft" and self.peft_config().uses_bank
+
     def tensorboard_dir(self) -> Optional[Path]:
         if self.log_dir:
             return Path(self.log_dir)

@@ -69,7 +69,7 @@ def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=No
             total.index_add_(0, batch.labels, torch.ones_like(batch.labels, dtype=torch.float64))
             hits = (logits.argmax(-1) == batch.labels).double()
             correct.index_add_(0, batch.labels, hits)
-    sums = _sum_across_ranks(torch.cat([correct, total, loss_sum.view(1)]))
+    sums = sum_across_ranks(torch.cat([correct, total, loss_sum.view(1)]))
     correct, total, loss_sum = sums[:num_classes].numpy(), sums[num_classes:-1].numpy(), float(sums[-1])
     per_class = np.divide(correct, total, out=np.zeros_like(correct), where=total > 0)
     present = total > 0
@@ -82,7 +82,7 @@ def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=No
     }
 
 
-def _sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
+def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """All-reduce (sum) when running under torch.distributed; returned on the CPU."""
     import torch.distributed as dist
 
@@ -104,7 +104,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
     spec, train_data, test_data = load_run_data(config)
     model = build_seeded_model(config, train_data.num_classes, echo).to(device)
     bank_start = time.perf_counter()
-    if isinstance(model, PointPEFTModel) and model.peft_config.uses_bank:
+    if config.uses_memory_bank():
         if bank is not None:
             model.attach_memory_bank(bank)
             echo(f"[bank] {len(bank)} rows, handed over by the driver")
@@ -164,6 +164,18 @@ def load_run_data(config: TrainConfig):
     splits = [load_task_split(spec, split, config.data.root, config.data.cache_dir, config.data.allow_pickle)
               for split in ("train", "test")]
     return spec, *splits
+
+
+def prepare_run(config: TrainConfig, device: str = "cpu", echo=print) -> MemoryBank | None:
+    """What every run of `config` shares, made once before they start: the data caches
+    and, for PEFT with a bank, the memory bank (returned on the CPU; None without one)."""
+    spec, train_data, _ = load_run_data(config)
+    if not config.uses_memory_bank():
+        return None
+    model = build_seeded_model(config, train_data.num_classes, echo=lambda *_: None).to(device)
+    bank = attach_bank(model, spec, train_data, config, echo)
+    bank.max_features, bank.cls_features = bank.max_features.cpu(), bank.cls_features.cpu()
+    return bank
 
 
 def build_seeded_model(config: TrainConfig, num_classes: int, echo=print) -> torch.nn.Module:
@@ -231,12 +243,13 @@ def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, ec
     return bank
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, params: list, grad_clip: float | None, where: str) -> float:
+def optimizer_step(loss: torch.Tensor, optimizer, params: list, grad_clip: float | None,
+                   epoch: int, step: int, what: str = "loss") -> float:
     """Backward, clip, step; returns the loss. A NaN/inf loss stops the run before it
-    updates anything (the last checkpoint stays good)."""
+    updates anything (the last checkpoint stays good). `epoch`, `step`: 0-based."""
     loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
     if not math.isfinite(loss_value):
-        raise TrainingDivergedError(f"loss is {loss_value} at {where}")
+        raise TrainingDivergedError(f"{what} is {loss_value} at epoch {epoch + 1}, step {step + 1}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -257,13 +270,13 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, devi
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = build.forward(model, batch.points, batch.index)
         loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=config.optim.label_smoothing)
-        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip, f"epoch {epoch + 1}, step {step + 1}")
+        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip, epoch, step)
         loss_sum += loss_value * batch.labels.numel()
         correct += (logits.argmax(-1) == batch.labels).sum()
         seen += batch.labels.numel()
     seconds = time.perf_counter() - start
     # Over every rank's shard: the epoch's metrics, not rank 0's share of them.
-    totals = _sum_across_ranks(torch.tensor([loss_sum, float(correct.item()), float(seen)], dtype=torch.float64,
+    totals = sum_across_ranks(torch.tensor([loss_sum, float(correct.item()), float(seen)], dtype=torch.float64,
                                             device=device))
     loss_sum, hits, seen = (float(v) for v in totals)
     return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * hits / max(1, seen),

@@ -17,7 +17,7 @@ import torch
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..engine import build
 from ..engine.context import InProcessContext, Snapshot
-from ..engine.loop import optimizer_step
+from ..engine.loop import optimizer_step, sum_across_ranks
 from ..errors import ConfigError
 from .checkpoint import write_pretrain_checkpoint
 from .config import PretrainConfig
@@ -107,25 +107,15 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, d
         points = batch.points.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(points)
-        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip,
-                                    f"pre-training epoch {epoch + 1}, step {step + 1}")
+        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip, epoch, step,
+                                    what="pre-training loss")
         loss_sum += loss_value * points.shape[0]
         seen += points.shape[0]
     seconds = time.perf_counter() - start
-    loss_sum, seen = _sum_over_workers(loss_sum, seen)
+    # Every rank's share, so the reported loss and throughput cover the whole epoch.
+    totals = sum_across_ranks(torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device))
+    loss_sum, seen = float(totals[0]), int(totals[1])
     return {"loss": loss_sum / max(1, seen), "samples_per_second": seen / max(seconds, 1e-9), "seconds": seconds}
-
-
-def _sum_over_workers(loss_sum: float, seen: int) -> tuple[float, int]:
-    """Every rank's share, so the reported loss and throughput cover the whole epoch."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return loss_sum, seen
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device)
-    dist.all_reduce(totals)
-    return float(totals[0]), int(totals[1])
 
 
 def _run_state(model, optimizer, epochs_done: int, result: PretrainResult) -> dict:
