@@ -1,10 +1,13 @@
 """Multi-task fine-tuning: N tasks at once across the cluster, each its own adapter and
 head on the shared frozen backbone, each with its own resources.
 
-Every task is a Ray task running the same training loop in-process, checkpointing under
-its own folder (so a rerun resumes it). One failing task is recorded with its error and
-the others go on. `tasks.parquet` (one row per task) and `epochs.parquet` (trial_id =
-the task's label) are rewritten atomically as tasks finish.
+A one-worker task is a Ray task running the training loop in its own process; a task
+with several workers is a Ray Train run (TorchTrainer) launched from a Ray task. Every
+run checkpoints under its own folder, so a rerun resumes it (a finished run returns
+at once). The pre-trained weights are read once, on the driver, and reach each node
+once through the object store (distributed.weights). One failing task is recorded
+with its error and the others go on. `tasks.parquet` (one row per task) and
+`epochs.parquet` (trial_id = the task's label) are rewritten atomically as tasks finish.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..engine.config import TrainConfig
 
@@ -23,29 +27,35 @@ EPOCHS_FILE = "epochs.parquet"
 class TaskRun:
     label: str  # unique within the job: names the folder and the table row
     config: TrainConfig
-    cpus: float = 1.0
-    gpus: float = 0.0
+    cpus: float = 1.0  # per worker
+    gpus: float = 0.0  # per worker
+    workers: int = 1  # > 1: a Ray Train (DDP) run
+    variant: Optional[str] = None  # what the run stands for in a comparison (best, published, full, ...)
 
 
 def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | None = None,
-              echo=print) -> list[dict]:
-    """Fine-tune every run in parallel (as the cluster's resources allow); returns the task rows."""
+              echo=print, max_concurrent: Optional[int] = None) -> list[dict]:
+    """Fine-tune every run in parallel (at most `max_concurrent` at once, else as the
+    cluster's resources allow); returns the task rows in the order they finished."""
     import ray
 
     from .cluster import ensure_ray
+    from .weights import share_checkpoints
 
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"task labels must be unique, got {labels}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     ensure_ray(address)
     experiment_dir = Path(experiment_dir)
-    pending = {}
-    for run in runs:
-        task = ray.remote(num_cpus=run.cpus, num_gpus=run.gpus, max_retries=0)(_train_task)
-        run_dir = str(experiment_dir / run.label)
-        pending[task.remote(run.config.replace(run_dir=run_dir).model_dump())] = run
+    weights = share_checkpoints(run.config for run in runs)
+    waiting, pending = list(runs), {}
     rows, epochs = [], []
-    while pending:
+    while waiting or pending:
+        while waiting and (max_concurrent is None or len(pending) < max_concurrent):
+            run = waiting.pop(0)
+            pending[_launch(run, experiment_dir, weights.get(run.config.model.checkpoint))] = run
         done, _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(done[0])
         row, history = _collect(done[0], run)
@@ -57,11 +67,23 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
     return rows
 
 
+def _launch(run: TaskRun, experiment_dir: Path, weights_ref):
+    import ray
+
+    config = run.config.replace(run_dir=str(experiment_dir / run.label)).model_dump()
+    if run.workers == 1:
+        task = ray.remote(num_cpus=run.cpus, num_gpus=run.gpus, max_retries=0)(_train_task)
+        return task.remote(config, weights_ref)
+    # The launcher only waits on the TorchTrainer; its workers hold the resources.
+    launcher = ray.remote(num_cpus=0, max_retries=0)(_train_distributed_task)
+    return launcher.remote(config, weights_ref, run.workers, run.cpus, run.gpus, run.label, str(experiment_dir))
+
+
 def _collect(ref, run: TaskRun) -> tuple[dict, list]:
     import ray
 
     base = {"task": run.label, "task_name": run.config.data.task, "mode": run.config.mode,
-            "config": json.dumps(run.config.model_dump(mode="json"), sort_keys=True)}
+            "variant": run.variant, "config": json.dumps(run.config.model_dump(mode="json"), sort_keys=True)}
     try:
         outcome = ray.get(ref)
     except Exception as err:  # the task's own error, recorded; the other tasks go on
@@ -70,27 +92,58 @@ def _collect(ref, run: TaskRun) -> tuple[dict, list]:
     return {**base, "status": "completed", **outcome["row"]}, outcome["history"]
 
 
-def _train_task(config_dict: dict) -> dict:
+def _train_task(config_dict: dict, weights_ref=None) -> dict:
     """Runs on a worker: the loop in this process, checkpoints under config.run_dir."""
-    import ray
-
     from ..engine.loop import ADAPTER_DIR, train
+    from .weights import shared_tensors
 
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
-    result = train(config, echo=lambda *_: None)
-    final = result.final
+    result = train(config, echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
     best = Path(config.run_dir) / "best"
-    return {
-        "row": {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
-                "final_accuracy": final.get("val_accuracy"), "final_mean_class_accuracy":
-                final.get("val_mean_class_accuracy"), "final_loss": final.get("val_loss"),
-                "epochs": len(result.history), "trainable_params": result.trainable_params,
-                "total_params": result.total_params,
-                "adapter_path": str(best / ADAPTER_DIR) if (best / ADAPTER_DIR).is_dir() else None,
-                "node": ray.util.get_node_ip_address(), "wall_seconds": time.perf_counter() - start},
-        "history": result.history,
-    }
+    row = _metrics_row(result.history, result.trainable_params, result.total_params)
+    row["adapter_path"] = str(best / ADAPTER_DIR) if (best / ADAPTER_DIR).is_dir() else None
+    return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": result.history}
+
+
+def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: float, gpus: float,
+                            label: str, experiment_dir: str) -> dict:
+    """Runs on the cluster: a Ray Train run of `workers` DDP workers (distributed.train.fit)."""
+    from ..engine.context import STATE_FILE, load_state
+    from ..engine.loop import ADAPTER_DIR
+    from ..errors import PointPEFTError
+    from .train import RayRunSpec, best_checkpoint, fit
+
+    config = TrainConfig.from_dict(config_dict)
+    start = time.perf_counter()
+    spec = RayRunSpec(workers=workers, use_gpu=gpus > 0, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
+                      name=label, storage_path=str(Path(experiment_dir) / "ray"), max_failures=2)
+    result = fit(config.replace(run_dir=None), spec, weights=weights_ref)
+    if result.error is not None:
+        raise PointPEFTError(f"{label}: {result.error}")
+    with result.checkpoint.as_directory() as directory:
+        state = load_state(Path(directory) / STATE_FILE)
+    history = list(state["history"])
+    best = best_checkpoint(result)
+    row = _metrics_row(history, state.get("trainable_params"), state.get("total_params"))
+    adapter = Path(best.path) / ADAPTER_DIR if best is not None else None
+    row["adapter_path"] = str(adapter) if adapter is not None and adapter.is_dir() else None
+    return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": history}
+
+
+def _metrics_row(history: list[dict], trainable: Optional[int], total: Optional[int]) -> dict:
+    final = history[-1] if history else {}
+    return {"best_accuracy": final.get("best_accuracy"), "best_epoch": final.get("best_epoch"),
+            "final_accuracy": final.get("val_accuracy"), "final_mean_class_accuracy":
+            final.get("val_mean_class_accuracy"), "final_loss": final.get("val_loss"),
+            "epochs": len(history), "trainable_params": trainable or final.get("trainable_params"),
+            "total_params": total}
+
+
+def _node() -> dict:
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
 
 def _write_tables(rows: list[dict], epochs: list[dict], experiment_dir: Path) -> None:

@@ -53,7 +53,7 @@ class SearchRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         record = self._record(trial)
         record["status"] = "running"
-        record["node"] = result.get("node_ip") or record.get("node")
+        record["node"] = result.get("node_id") or result.get("node_ip") or record.get("node")
         if "trainable_params" in result:
             record["trainable_params"] = int(result["trainable_params"])
         record["wall_seconds"] = float(result.get("time_total_s") or 0.0)

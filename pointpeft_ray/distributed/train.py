@@ -83,11 +83,13 @@ def _worker_loop(loop_config: dict) -> None:
     from ..engine.summary import format_epoch
 
     quiet_ray_train_reports()
+    from .weights import shared_tensors
+
     config = TrainConfig.from_dict(loop_config["config"])
     bank_ref = loop_config.get("bank")
     bank = ray.get(bank_ref) if bank_ref is not None else None
     context = RayTrainContext(on_report=lambda metrics: worker_echo(format_epoch(metrics)))
-    train(config, context=context, echo=worker_echo, bank=bank)
+    train(config, context=context, echo=worker_echo, bank=bank, pretrained=shared_tensors(loop_config.get("weights")))
 
 
 def _prepare_on_gpu(config_dict: dict):
@@ -119,20 +121,24 @@ def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:
     return config.replace(log_dir=str(run_dir / "tensorboard"))
 
 
-def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None):
+def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weights=None):
     """Run the fine-tune with `spec.workers` Ray Train workers; returns Ray's Result.
-    Rerunning with the same name and storage resumes from the latest checkpoint."""
+    Rerunning with the same name and storage resumes from the latest checkpoint.
+    `weights`: model.checkpoint already in the object store (distributed.weights), else put there here."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from .cluster import ensure_ray
+    from .weights import share_checkpoints
 
     ensure_ray(address)
     spec = spec.resolved()
     config = with_log_dir(config, spec)
+    if weights is None:
+        weights = share_checkpoints([config]).get(config.model.checkpoint)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec)},
+        train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec), "weights": weights},
         scaling_config=spec.scaling_config(),
         run_config=ray.train.RunConfig(
             name=spec.name, storage_path=spec.storage(),

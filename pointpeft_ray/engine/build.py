@@ -12,23 +12,24 @@ from ..errors import ConfigError
 from .config import TrainConfig
 
 
-def build_model(config: TrainConfig, num_classes: int, echo=print) -> nn.Module:
-    """peft: frozen backbone + Point-PEFT; full: everything trains; linear: only the head trains."""
+def build_model(config: TrainConfig, num_classes: int, echo=print, pretrained=None) -> nn.Module:
+    """peft: frozen backbone + Point-PEFT; full: everything trains; linear: only the head trains.
+    `pretrained`: the tensors of config.model.checkpoint already read (else read from the file)."""
     backbone_config = config.model.backbone_config()
     if config.mode == "peft":
         backbone = PointMAEBackbone(backbone_config)
-        _load_pretrained(backbone, config, echo)
+        _load_pretrained(backbone, config, echo, pretrained)
         return get_peft_model(backbone, config.peft_config(), num_classes)
     model = FullFinetuneClassifier(backbone_config, num_classes)
-    _load_pretrained(model, config, echo)
+    _load_pretrained(model, config, echo, pretrained)
     if config.mode == "linear":
         freeze_all_but_head(model)
     return model
 
 
-def _load_pretrained(module: nn.Module, config: TrainConfig, echo) -> None:
+def _load_pretrained(module: nn.Module, config: TrainConfig, echo, pretrained=None) -> None:
     if config.model.checkpoint:
-        report = load_checkpoint(module, config.model.checkpoint)
+        report = load_checkpoint(module, config.model.checkpoint, state=pretrained)
         echo(f"[model] {report}")
 
 

@@ -107,7 +107,8 @@ class RayTrainContext:
 
         if self.on_report is not None and self.rank == 0:
             self.on_report(metrics)
-        metrics = {**metrics, "checkpoint_score": metrics.get("val_accuracy", -1.0) if is_best else -1.0}
+        metrics = {**metrics, "checkpoint_score": metrics.get("val_accuracy", -1.0) if is_best else -1.0,
+                   "node_id": _node_id()}
         if snapshot is None or self.rank != 0:
             ray.train.report(metrics)
             return
@@ -143,6 +144,7 @@ class TuneTrialContext:
 
         if self.on_report is not None:
             self.on_report(metrics)
+        metrics = {**metrics, "node_id": _node_id()}
         if snapshot is None:
             ray.tune.report(metrics)
             return
@@ -151,6 +153,13 @@ class TuneTrialContext:
             # table of results and best_config.yaml (retrain it), not per-trial exports.
             snapshot.write(Path(directory), export=False)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory))
+
+
+def _node_id() -> str:
+    """The Ray node this runs on (several nodes may share one IP address)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def save_state(state: dict, path: Path) -> None:

@@ -92,17 +92,18 @@ def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, echo=print,
-          bank: MemoryBank | None = None) -> RunResult:
+          bank: MemoryBank | None = None, pretrained=None) -> RunResult:
     """Fine-tune per `config`. `context` says where this runs (in-process by default,
     checkpointing under config.run_dir); `report` receives each epoch's metrics.
     `bank`: a memory bank built beforehand (by the Ray driver), else built or read
-    from the cache here."""
+    from the cache here. `pretrained`: the tensors of config.model.checkpoint already
+    read (handed over through Ray's object store), else read from the file."""
     start_time = time.perf_counter()
     if context is None:
         context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
     device = context.device
     spec, train_data, test_data = load_run_data(config)
-    model = build_seeded_model(config, train_data.num_classes, echo).to(device)
+    model = build_seeded_model(config, train_data.num_classes, echo, pretrained).to(device)
     bank_start = time.perf_counter()
     if config.uses_memory_bank():
         if bank is not None:
@@ -178,12 +179,12 @@ def prepare_run(config: TrainConfig, device: str = "cpu", echo=print) -> MemoryB
     return bank
 
 
-def build_seeded_model(config: TrainConfig, num_classes: int, echo=print) -> torch.nn.Module:
+def build_seeded_model(config: TrainConfig, num_classes: int, echo=print, pretrained=None) -> torch.nn.Module:
     """The model for `config`, initialised from config.seed: every Ray worker and the
     driver (which builds the memory bank) get identical weights."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    return build.build_model(config, num_classes, echo)
+    return build.build_model(config, num_classes, echo, pretrained)
 
 
 def export_model(model, directory: Path) -> None:
@@ -207,6 +208,8 @@ def _run_state(model, optimizer, epochs_done: int, result: RunResult) -> dict:
         "best_accuracy": result.best_accuracy,
         "best_epoch": result.best_epoch,
         "history": result.history,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
         # The RNG that drives dropout / drop-path: a resumed run repeats the uninterrupted one.
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

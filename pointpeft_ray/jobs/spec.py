@@ -26,6 +26,7 @@ from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..models.backbone import BackboneConfig
 from ..pretrain.config import PretrainConfig
+from ..results.tables import param_column
 from ..search.parameters import FixedParameter
 from ..search.paths import deep_merge
 from ..search.space import SearchSpace
@@ -385,10 +386,11 @@ class JobSpec(StrictConfig):
 
 def active_point(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any]:
     """The searched values of `params` that the space would have sampled: in file order,
-    only parameters whose `when:` holds, without fixed ones, missing or NaN values."""
+    only parameters whose `when:` holds, without fixed ones, missing or NaN values.
+    `params` is keyed by parameter path, or by trials-table column (a row of it)."""
     point: dict[str, Any] = {}
     for parameter in space.parameters:
-        value = params.get(parameter.path)
+        value = params.get(parameter.path, params.get(param_column(parameter.path)))
         if isinstance(parameter, FixedParameter) or value is None or _is_nan(value):
             continue
         if parameter.is_active(point):

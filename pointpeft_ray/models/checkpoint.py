@@ -104,7 +104,8 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def load_checkpoint(module: nn.Module, path: str | Path, verbose: bool = False) -> LoadReport:
+def load_checkpoint(module: nn.Module, path: str | Path, verbose: bool = False,
+                    state: Mapping[str, torch.Tensor] | None = None) -> LoadReport:
     """Load a published (or our own) checkpoint into `module`.
 
     Accepts the Point-MAE pre-train layout (`base_model` / `model`, `module.` and
@@ -112,9 +113,11 @@ def load_checkpoint(module: nn.Module, path: str | Path, verbose: bool = False) 
     Point-BERT (`transformer_q.`) and bare state dicts. Returns the missing and
     unexpected keys, the latter split into ignored pre-training heads (decoder,
     mask token, increase_dim) and unknown keys; a shape mismatch is an error
-    naming the key and both shapes.
+    naming the key and both shapes. `state`: the file's tensors already read (by
+    read_state_dict, e.g. once per node through Ray's object store); `path` then only
+    names them in messages.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else state
     target = module.state_dict()
     for key, value in state.items():
         if key in target and tuple(target[key].shape) != tuple(value.shape):

@@ -45,7 +45,7 @@ def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], trial
             series[trial_id] = points
     if not series:
         return Skipped("no evaluated epochs (val_accuracy) for the top trials")
-    figure = _figure(7.0, 4.5)
+    figure = new_figure(7.0, 4.5)
     axes = figure.add_subplot(1, 1, 1)
     for trial_id, points in series.items():
         epochs, accuracies = zip(*points)
@@ -55,7 +55,7 @@ def learning_curves_png(curves: Mapping[str, Sequence[Mapping[str, Any]]], trial
     _integer_ticks(axes.xaxis)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 # --- (2) accuracy against each searched parameter ---
@@ -74,7 +74,7 @@ def accuracy_vs_params_png(rows: Sequence[Mapping[str, Any]], parameters: Mappin
         return Skipped("no searched parameter has a value in the finished trials")
     columns = min(PANELS_PER_ROW, len(panels))
     lines = math.ceil(len(panels) / columns)
-    figure = _figure(3.4 * columns, 2.9 * lines)
+    figure = new_figure(3.4 * columns, 2.9 * lines)
     first = None  # one accuracy scale for every panel, so panels compare at a glance
     for index, (name, spec) in enumerate(panels.items(), start=1):
         axes = figure.add_subplot(lines, columns, index, sharey=first)
@@ -89,7 +89,7 @@ def accuracy_vs_params_png(rows: Sequence[Mapping[str, Any]], parameters: Mappin
         axes.tick_params(labelsize=7)
         axes.grid(alpha=0.3)
     figure.suptitle(f"best accuracy against each searched parameter ({len(rows)} finished trials)", fontsize=10)
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 def _numeric_panel(axes, pairs, log: bool) -> None:
@@ -144,7 +144,7 @@ def accuracy_vs_size_png(rows: Sequence[Mapping[str, Any]], path: Path,
     if not points:
         return Skipped("no finished trial records both trainable_params and an accuracy")
     front = pareto_front(points)
-    figure = _figure(6.5, 4.5)
+    figure = new_figure(6.5, 4.5)
     axes = figure.add_subplot(1, 1, 1)
     sizes, accuracies, _ = zip(*points)
     axes.scatter(sizes, accuracies, s=20, color="0.6", label="trial")
@@ -163,7 +163,7 @@ def accuracy_vs_size_png(rows: Sequence[Mapping[str, Any]], path: Path,
              title="accuracy against trainable parameters")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 # --- shared ---
@@ -174,13 +174,13 @@ def _integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(figure, path: Path, dpi: int = 100) -> Path:
+def save_png(figure, path: Path, dpi: int = 100) -> Path:
     with atomic_file(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=dpi)
     return Path(path)

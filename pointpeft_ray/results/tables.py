@@ -207,14 +207,16 @@ def search_space_of(table: pa.Table) -> Optional[dict]:
 
 # --- tasks (multi-task fine-tuning) ---
 
-TASKS_SCHEMA_VERSION = 1
+TASKS_SCHEMA_VERSION = 2  # 2: variant, node_ip; node is the Ray node id
 TASK_STATUSES = ("completed", "failed")
 TASK_COLUMNS = [
-    ("task", pa.string()), ("task_name", pa.string()), ("mode", pa.string()), ("status", pa.string()),
+    ("task", pa.string()), ("task_name", pa.string()), ("mode", pa.string()), ("variant", pa.string()),
+    ("status", pa.string()),
     ("best_accuracy", pa.float64()), ("best_epoch", pa.int64()), ("final_accuracy", pa.float64()),
     ("final_mean_class_accuracy", pa.float64()), ("final_loss", pa.float64()), ("epochs", pa.int64()),
     ("trainable_params", pa.int64()), ("total_params", pa.int64()), ("adapter_path", pa.string()),
-    ("node", pa.string()), ("wall_seconds", pa.float64()), ("error", pa.string()), ("config", pa.string()),
+    ("node", pa.string()), ("node_ip", pa.string()), ("wall_seconds", pa.float64()), ("error", pa.string()),
+    ("config", pa.string()),
 ]
 
 
