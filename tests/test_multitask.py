@@ -57,3 +57,32 @@ def test_bench_multitask_runs_and_writes_its_figures(local_ray, tmp_path):
     payload = run_bench(preset="tiny", epochs=1, samples_per_class=4, json_path=str(out), echo=lambda *_: None)
     assert json.loads(out.read_text())["ratio"] == payload["ratio"] > 0
     assert payload["parallel_seconds"] > 0 and payload["sequential_seconds"] > 0
+
+
+def test_tasks_take_the_pretrained_weights_from_the_object_store_not_the_file(local_ray, tmp_path):
+    """The driver reads the checkpoint once; a task never opens the file (here it is gone
+    before the task starts) and still fine-tunes on exactly those weights."""
+    import ray
+    import torch
+
+    from pointpeft_ray.distributed.multitask import _train_task
+    from pointpeft_ray.distributed.weights import share_checkpoints
+    from pointpeft_ray.models import PointMAEBackbone
+
+    checkpoint = tmp_path / "pretrain.pth"
+    config = _config(tmp_path, "synth/clean", options={"samples_per_class": 4, "points": 256})
+    config = config.replace(model={"preset": "tiny", "checkpoint": str(checkpoint)}, run_dir=str(tmp_path / "run"))
+    torch.manual_seed(7)
+    weights = PointMAEBackbone(config.model.backbone_config()).state_dict()
+    torch.save({"base_model": weights}, checkpoint)
+
+    shared = share_checkpoints([config, config])  # one entry per distinct file
+    assert list(shared) == [str(checkpoint)]
+    checkpoint.unlink()
+    outcome = ray.get(ray.remote(num_cpus=1)(_train_task).remote(config.model_dump(), shared[str(checkpoint)]))
+    assert outcome["row"]["epochs"] == 2 and outcome["row"]["node"] == ray.get_runtime_context().get_node_id()
+
+    backbone = PointMAEBackbone(config.model.backbone_config())
+    backbone.load_state_dict(weights)
+    # the adapter's recorded backbone fingerprint matches these weights (from_adapter checks it)
+    PointPEFTModel.from_adapter(backbone, outcome["row"]["adapter_path"])
