@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(commands)
     _add_report(commands)
     _add_pretrain(commands)
+    from .serving.commands import add_predict_command
+    add_predict_command(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
     _add_data(data.add_subparsers(dest="data", required=True))
     return parser
