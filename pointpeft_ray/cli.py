@@ -252,6 +252,35 @@ def _run_pretrain(args) -> int:
     return 0
 
 
+def _add_run(commands) -> None:
+    p = commands.add_parser("run", help="run a job file (jobs/*.yaml): pretrain, tune, finetune, multitask, report")
+    p.add_argument("job", help="a job YAML (format: jobs/README.md)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", default=None, help="override the job's storage folder")
+    p.add_argument("--json", dest="json_path", default=None, help="write the job's summary (stage times, results) as JSON")
+    p.set_defaults(func=_run_job)
+
+
+def _run_job(args) -> int:
+    from dataclasses import asdict
+
+    from .bench.report import write_json
+    from .jobs.runner import run_job
+    from .jobs.spec import JobSpec
+
+    job = JobSpec.from_yaml(args.job)
+    if args.storage:
+        job = job.replace(storage=args.storage)
+    try:
+        outcome = run_job(job, args.address, echo=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"pointpeft-ray: interrupted; rerun `pointpeft-ray run {args.job}` to resume", file=sys.stderr)
+        return 130
+    if args.json_path:
+        write_json(args.json_path, asdict(outcome))
+    return 0
+
+
 def _add_bench_train(sub) -> None:
     p = sub.add_parser("train", help="wall time of a fine-tune through Ray Train (1 worker) vs the loop in-process")
     p.add_argument("--epochs", type=int, default=6, help="long enough for a >= 60 s run on 2 CPU cores")
@@ -398,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(commands)
     from .serving.commands import add_predict_command
     add_predict_command(commands)
+    _add_run(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
     _add_data(data.add_subparsers(dest="data", required=True))
     return parser

@@ -1,0 +1,193 @@
+"""`pointpeft-ray run JOB.yaml`: a job's stages, in order, on the Ray cluster it connects to.
+
+Everything lands in JOB_DIR = STORAGE/NAME:
+  job.yaml                the resolved job (what ran)
+  job_summary.json        stage wall times and where each stage's results are
+  pretrain/               the Ray run of the pre-training (weights: the pre-training cache)
+  tune/                   trials.parquet, epochs.parquet, best_config.yaml (the search)
+  finetune/, multitask/   tasks.parquet, epochs.parquet and one run folder per fine-tune
+  adapters/               the adapter bank: every PEFT run's adapter (`pointpeft-ray predict`)
+  report/                 comparison.parquet, report.txt and plots
+
+Rerunning the same job resumes: cached pre-training, a restored search, runs that
+continue from their last checkpoint (finished ones return at once).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..atomic import atomic_file
+from ..errors import ConfigError, PointPEFTError, ResultsError
+from .spec import JobSpec, PlannedRun
+
+STAGE_FOLDERS = {"pretrain": "pretrain", "tune": "tune", "finetune": "finetune", "multitask": "multitask"}
+ADAPTERS_FOLDER = "adapters"
+REPORT_FOLDER = "report"
+SUMMARY_FILE = "job_summary.json"
+
+
+@dataclass
+class JobOutcome:
+    job_dir: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    pretrained: Optional[str] = None
+    best_trial: Optional[dict] = None  # the search's best row (trials table)
+    task_rows: dict[str, list[dict]] = field(default_factory=dict)  # stage -> tasks rows
+    adapter_bank: Optional[str] = None
+    report_text: Optional[str] = None
+    wall_seconds: float = 0.0
+
+
+def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
+    """Run every stage of `job`; returns where the results are and what they say."""
+    from ..distributed.cluster import ensure_ray
+
+    start = time.perf_counter()
+    job_dir = _local_job_dir(job)
+    ensure_ray(address)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    outcome = JobOutcome(job_dir=str(job_dir))
+    echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {job_dir}")
+    if job.pretrain is not None:
+        outcome.pretrained = str(_timed(outcome, "pretrain", echo, _pretrain, job, job_dir, address, echo))
+        job = job.with_pretrained(outcome.pretrained)
+    if job.tune is not None:
+        outcome.best_trial = _timed(outcome, "tune", echo, _tune, job, job_dir, address, echo)
+    if job.finetune is not None:
+        runs = job.finetune_runs(outcome.best_trial)
+        outcome.task_rows["finetune"] = _timed(outcome, "finetune", echo, _fine_tune, job, runs, "finetune",
+                                               job_dir, address, echo)
+    if job.multitask:
+        outcome.task_rows["multitask"] = _timed(outcome, "multitask", echo, _fine_tune, job, job.multitask_runs(),
+                                                "multitask", job_dir, address, echo)
+    outcome.adapter_bank = _write_bank(outcome, job_dir, echo)
+    if job.report:
+        outcome.report_text = _timed(outcome, "report", echo, _report, job, outcome, job_dir)
+        echo(outcome.report_text)
+    outcome.wall_seconds = time.perf_counter() - start
+    _write_summary(outcome, job, job_dir)
+    echo(f"[job] {job.name} done in {outcome.wall_seconds:.0f} s ("
+         + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in outcome.stage_seconds.items())
+         + f"); results in {job_dir}")
+    return outcome
+
+
+def _local_job_dir(job: JobSpec) -> Path:
+    storage = job.job_storage()
+    if "://" in storage and not storage.startswith("file://"):
+        # The fine-tune runs checkpoint into folders, and the report reads them back.
+        raise ConfigError(f"storage: {job.storage!r}: `pointpeft-ray run` keeps a job in a folder; give a local "
+                          "path or a shared filesystem mounted on every node (URIs serve `tune` and `train`)")
+    return Path(storage.removeprefix("file://"))
+
+
+def _timed(outcome: JobOutcome, stage: str, echo, function, *args):
+    echo(f"[job] stage {stage} ...")
+    start = time.perf_counter()
+    value = function(*args)
+    outcome.stage_seconds[stage] = time.perf_counter() - start
+    echo(f"[job] stage {stage} done in {outcome.stage_seconds[stage]:.1f} s")
+    return value
+
+
+# --- stages ---
+
+def _pretrain(job: JobSpec, job_dir: Path, address: str | None, echo) -> Path:
+    from ..distributed.pretrain import fit_pretrain
+    from ..distributed.train import RayRunSpec
+    from ..pretrain.cache import ensure_pretrained
+
+    resources = job.pretrain_resources()
+    spec = RayRunSpec(workers=resources.workers, use_gpu=resources.gpus > 0, gpus_per_worker=resources.gpus or 1.0,
+                      cpus_per_worker=resources.cpus if resources.workers > 1 else None,
+                      name=STAGE_FOLDERS["pretrain"], storage_path=str(job_dir), max_failures=2)
+    return ensure_pretrained(job.pretrain_config(), echo=echo, runner=partial(fit_pretrain, spec=spec, address=address))
+
+
+def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
+    """The search (resumed when this job ran it before); returns its best trial's row."""
+    from ray.tune import Tuner
+
+    from ..distributed.tune import run_search
+    from ..results.best_config import best_trial
+    from ..results.tables import read_trials
+
+    spec = job.search_spec(STAGE_FOLDERS["tune"])
+    resume = Tuner.can_restore(spec.experiment_dir())
+    if resume:
+        echo(f"[tune] resuming the search in {spec.experiment_dir()}")
+    outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume, echo=echo)
+    trials = read_trials(Path(outcome.experiment_dir) / "trials.parquet").to_pylist()
+    try:
+        best = best_trial(trials)
+    except ResultsError:
+        errors = [row["error"] for row in trials if row.get("error")]
+        raise PointPEFTError(f"tune: no trial finished ({len(trials)} ran"
+                             + (f"; first error: {errors[0]}" if errors else "")
+                             + f"); see {outcome.experiment_dir}/trials.parquet") from None
+    echo(f"[tune] best trial {best['trial_id']}: accuracy {best['best_accuracy']:.2f}")
+    return best
+
+
+def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, address: str | None,
+               echo) -> list[dict]:
+    from ..distributed.multitask import TaskRun, run_tasks
+
+    runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
+                    workers=run.resources.workers, variant=run.variant) for run in planned]
+    echo(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
+    rows = run_tasks(runs, job_dir / STAGE_FOLDERS[stage], address, echo=echo,
+                     max_concurrent=job.max_concurrent(stage) if stage == "finetune" else job.resources.max_concurrent)
+    failed = [row for row in rows if row["status"] != "completed"]
+    if len(failed) == len(rows):
+        raise PointPEFTError(f"{stage}: every run failed; first error: {failed[0]['error']}")
+    return rows
+
+
+def _write_bank(outcome: JobOutcome, job_dir: Path, echo) -> Optional[str]:
+    """Every completed PEFT run's adapter, in one bank for `pointpeft-ray predict`."""
+    from ..serving.adapter_bank import entries_from_task_rows, write_adapter_bank
+
+    entries = entries_from_task_rows(row for rows in outcome.task_rows.values() for row in rows)
+    if not entries:
+        return None
+    path = job_dir / ADAPTERS_FOLDER
+    write_adapter_bank(path, entries)
+    echo(f"[job] adapter bank: {len(entries)} adapter(s) in {path}")
+    return str(path)
+
+
+def _report(job: JobSpec, outcome: JobOutcome, job_dir: Path) -> str:
+    from .report import write_job_report
+
+    return write_job_report(job, outcome, job_dir / REPORT_FOLDER)
+
+
+# --- files ---
+
+def _write_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path) -> None:
+    summary = {"job": job.name, "stages": job.stage_names(), "wall_seconds": outcome.wall_seconds,
+               "stage_seconds": outcome.stage_seconds, "pretrained": outcome.pretrained,
+               "best_trial": _plain(outcome.best_trial), "adapter_bank": outcome.adapter_bank,
+               "results": {stage: str(job_dir / folder) for stage, folder in STAGE_FOLDERS.items()
+                           if (job_dir / folder).exists()}}
+    _write_text(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+
+
+def _plain(row: Optional[dict]) -> Optional[dict]:
+    if row is None:
+        return None
+    return {key: value for key, value in row.items() if not (isinstance(value, float) and value != value)}
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
