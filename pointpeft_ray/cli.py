@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(commands)
     _add_report(commands)
     _add_pretrain(commands)
+    from .jobs.commands import add_cluster_commands
+    add_cluster_commands(commands)
     from .serving.commands import add_predict_command
     add_predict_command(commands)
     _add_run(commands)
