@@ -37,7 +37,7 @@ import yaml
 
 from pointpeft_ray import cli
 from pointpeft_ray.errors import ConfigError, PointPEFTError
-from pointpeft_ray.jobs import submission
+from pointpeft_ray.jobs import JobSpec, submission
 from pointpeft_ray.jobs.submission import (auth_error_message, default_submission_id, plan_submission,
                                            resolve_address)
 
@@ -112,6 +112,13 @@ def test_working_dir_choices(tmp_path):
                         tiny_job("nested", "runs", runtime_env={"working_dir": ".."}))
     plan = plan_submission(nested, measure=False)
     assert plan.working_dir == (tmp_path / "a").resolve() and plan.entrypoint.endswith("run jobs/job.yaml")
+    # A working_dir that is not here: `run` (on the cluster, where it was uploaded) reads
+    # the job; `submit` (which uploads it) names it.
+    remote = write_yaml(tmp_path / "remote" / "job.yaml",
+                        tiny_job("remote", "runs", runtime_env={"working_dir": "/nowhere/project"}))
+    assert JobSpec.from_yaml(remote).runtime_env.working_dir == "/nowhere/project"
+    with pytest.raises(ConfigError, match="runtime_env.working_dir: folder not found: /nowhere/project"):
+        plan_submission(remote, measure=False)
 
 
 def test_a_home_folder_under_git_is_not_a_project(tmp_path, monkeypatch):

@@ -125,9 +125,9 @@ class JobSpec(StrictConfig):
             raise ConfigError(at(where or "", str(err))) from None
 
     def resolve_paths(self, job_dir: str | Path | None) -> "JobSpec":
-        """A copy whose file references (tune.space, pretrain.config, runtime_env.working_dir)
-        are absolute: looked up in `job_dir`, then the repository root, then the current
-        directory."""
+        """A copy whose file references (tune.space, pretrain.config, runtime_env.working_dir
+        when it is found) are absolute: looked up in `job_dir`, then the repository root,
+        then the current directory."""
         folder = Path(job_dir) if job_dir is not None else None
         changes: dict[str, Any] = {}
         if self.tune is not None:
@@ -137,8 +137,14 @@ class JobSpec(StrictConfig):
             config = resolve_reference(self.pretrain.config, folder, "pretrain.config")
             changes["pretrain"] = self.pretrain.replace(config=config).model_dump()
         if self.runtime_env.working_dir:
-            working_dir = resolve_reference(self.runtime_env.working_dir, folder, "runtime_env.working_dir", "folder")
-            changes["runtime_env"] = self.runtime_env.replace(working_dir=working_dir).model_dump()
+            try:
+                working_dir = resolve_reference(self.runtime_env.working_dir, folder, "runtime_env.working_dir",
+                                                "folder")
+                changes["runtime_env"] = self.runtime_env.replace(working_dir=working_dir).model_dump()
+            except ConfigError:
+                # Only `submit` uploads it (and checks it then); on the cluster, `run`
+                # reads the same file where that folder has already been uploaded.
+                pass
         if not changes:
             return self
         job = self.replace(**changes)

@@ -36,10 +36,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence
 
-from ..errors import PointPEFTError
-from .spec import JobSpec
+from ..errors import ConfigError, PointPEFTError
+if TYPE_CHECKING:  # the spec loads torch; status, logs and stop need neither
+    from .spec import JobSpec
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # read in this order, as Ray's job CLI does
@@ -62,7 +63,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to wait for the dashboard to answer at all
 class Submission:
     """What `submit` hands the Ray Jobs API for one job file."""
 
-    job: JobSpec
+    job: "JobSpec"
     job_file: Path  # absolute
     working_dir: Path  # absolute: uploaded
     entrypoint: str
@@ -90,6 +91,8 @@ def plan_submission(job_file: str | Path, working_dir: str | Path | None = None,
                     now: datetime | None = None, measure: bool = True) -> Submission:
     """Check `job_file` and work out what to submit; nothing is sent anywhere."""
     path = Path(job_file).expanduser()
+    from .spec import JobSpec
+
     job = JobSpec.from_yaml(path)  # ConfigError naming the file and the place in it
     path = path.resolve()
     folder = _working_dir(job, path, working_dir)
@@ -148,8 +151,12 @@ def _working_dir(job: JobSpec, job_file: Path, given: str | Path | None) -> Path
         if not folder.is_dir():
             raise PointPEFTError(f"--working-dir: not a folder: {given}")
         return folder
-    if job.runtime_env.working_dir:  # resolved (and checked) by JobSpec.from_yaml
-        return Path(job.runtime_env.working_dir).resolve()
+    if job.runtime_env.working_dir:  # resolved by JobSpec.from_yaml when it was found
+        folder = Path(job.runtime_env.working_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"{job_file}: runtime_env.working_dir: folder not found: {folder} "
+                              f"(relative paths: from {job_file.parent}, the repository root or the current folder)")
+        return folder.resolve()
     return default_working_dir(job_file)
 
 
