@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults. Until the training, search and job stages
-# land, this is the model benchmark at the published Point-MAE size.
+# The main job on embedded defaults: jobs/quickstart.yaml on an embedded local Ray with
+# synthetic data (pre-train, search, fine-tune the best config beside the published
+# settings and full fine-tuning, report). Results: runs/quickstart/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-mkdir -p runs
-pointpeft-ray bench model --json runs/bench-model.json "$@"
+pointpeft-ray run jobs/quickstart.yaml --json runs/quickstart-summary.json "$@"

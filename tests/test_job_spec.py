@@ -74,19 +74,20 @@ def test_every_shipped_job_validates(path):
 def test_quickstart_plan():
     spec = JobSpec.from_yaml(REPO / "jobs" / "quickstart.yaml")
     assert spec.stage_names() == ["pretrain", "tune", "finetune"]
-    assert spec.pretrain_config().model.preset == spec.train_config().model.preset == "small"
-    tune = spec.tune_config()
-    assert tune.data.options["samples_per_class"] < spec.train_config().data.options["samples_per_class"]
+    assert spec.pretrain_config().model.preset == spec.train_config().model.preset == "tiny"
+    assert spec.tune_config().data.task == "synth/hardest"
+    # the search starts from the published settings
+    assert spec.search_space().default_point(spec.tune_config())["peft.prompt_length"] == 10
     best = {"peft.prompt_length": 6, "peft.neighbours": 4, "peft.memory_bank": False, "optim.lr": 1e-3}
     runs = spec.finetune_runs(best)
-    assert len(runs) == 12  # 4 variants x (best, published, full)
-    assert {run.task for run in runs} == {"synth/clean", "synth/objonly", "synth/objbg", "synth/hardest"}
+    assert len(runs) == 6  # 2 variants x (best, published, full)
+    assert {run.task for run in runs} == {"synth/objbg", "synth/hardest"}
     by_label = {run.label: run for run in runs}
     searched = by_label["synth_objbg-best"].config
     assert (searched.peft["prompt_length"], searched.peft["memory_bank"], searched.optim.lr) == (6, False, 1e-3)
     assert by_label["synth_objbg-published"].config.peft == {}
     assert by_label["synth_objbg-full"].config.mode == "full"
-    assert {run.config.optim.epochs for run in runs} == {3}
+    assert {run.config.optim.epochs for run in runs} == {8}
 
 
 def test_quickstart_and_multitask_synth_share_the_cached_pretraining():

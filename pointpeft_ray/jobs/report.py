@@ -104,7 +104,7 @@ def comparison_png(rows: Sequence[Mapping], path: Path) -> Optional[Path]:
 def _search_report(tune_dir: Path, plots_dir: Path) -> str:
     from ..results.report import build_report, format_report
 
-    return format_report(build_report(tune_dir, top=5, plots_dir=plots_dir))
+    return format_report(build_report(tune_dir, top=5, plots_dir=plots_dir), show_best_config=False)
 
 
 def _accuracy(row: Optional[Mapping]) -> Optional[float]:

@@ -144,8 +144,7 @@ def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Pat
     runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
                     workers=run.resources.workers, variant=run.variant) for run in planned]
     echo(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
-    rows = run_tasks(runs, job_dir / STAGE_FOLDERS[stage], address, echo=echo,
-                     max_concurrent=job.max_concurrent(stage) if stage == "finetune" else job.resources.max_concurrent)
+    rows = run_tasks(runs, job_dir / STAGE_FOLDERS[stage], address, echo=echo, max_concurrent=job.max_concurrent(stage))
     failed = [row for row in rows if row["status"] != "completed"]
     if len(failed) == len(rows):
         raise PointPEFTError(f"{stage}: every run failed; first error: {failed[0]['error']}")

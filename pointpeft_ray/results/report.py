@@ -210,10 +210,12 @@ def _draw(experiment: Experiment, top_rows: list[dict], finished: list[dict], se
 
 # --- terminal text ---
 
-def format_report(report: Report) -> str:
+def format_report(report: Report, show_best_config: bool = True) -> str:
+    """The terminal text; without `show_best_config`, only where best_config.yaml is."""
+    best = _format_best_config(report.best_config) if show_best_config else \
+        f"best config: {report.experiment.directory / BEST_CONFIG_FILE}"
     sections = [_format_header(report), _format_leaderboard(report), _format_failures(report),
-                _format_importances(report.importances), _format_best_config(report.best_config),
-                _format_plots(report.figures)]
+                _format_importances(report.importances), best, _format_plots(report.figures)]
     return "\n\n".join(section for section in sections if section)
 
 
