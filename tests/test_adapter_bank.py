@@ -27,10 +27,11 @@ TASKS = {"clean": "synth/clean", "objbg": "synth/objbg"}
 
 
 def _save_backbone(path, seed):
-    """A tiny backbone in the published pretrain.pth layout (stands in for pre-training)."""
+    """A tiny backbone in the published pretrain.pth layout (stands in for pre-training).
+    As in Point-MAE's, it has no cls token: runs initialise it from their seed."""
     torch.manual_seed(seed)
     backbone = PointMAEBackbone(get_preset("tiny").backbone)
-    state = {f"MAE_encoder.{k}": v for k, v in backbone.state_dict().items()}
+    state = {f"MAE_encoder.{k}": v for k, v in backbone.state_dict().items() if k not in ("cls_token", "cls_pos")}
     return str(write_pretrain_checkpoint(state, path, epoch=1))
 
 

@@ -50,6 +50,7 @@ def write(tmp_path, job: dict, name="tiny.yaml"):
 def test_a_job_runs_every_stage_and_a_rerun_resumes(local_ray, tmp_path, capsys):
     path = write(tmp_path, tiny_job(tmp_path))
     assert main(["run", str(path), "--json", str(tmp_path / "outcome.json")]) == 0
+    assert "[job] tiny done in" in capsys.readouterr().out
     job_dir = tmp_path / "runs" / "tiny"
     summary = json.loads((job_dir / "job_summary.json").read_text())
     assert summary["stages"] == ["pretrain", "tune", "finetune", "multitask"]
@@ -83,10 +84,17 @@ def test_a_job_runs_every_stage_and_a_rerun_resumes(local_ray, tmp_path, capsys)
     index = json.loads((job_dir / "adapters" / "index.json").read_text())
     assert sorted(index["entries"]) == sorted(["objbg"] + [f"synth_{t}-{v}" for t in ("clean", "hardest")
                                                           for v in ("best", "published")])
+    # ... and serves them: each adapter on the pre-trained backbone repeats its recorded accuracy
+    capsys.readouterr()
+    assert main(["predict", "--bank", str(job_dir / "adapters"), "--task", "all", "--test-split", "--quiet"]) == 0
+    served = capsys.readouterr().out
+    assert served.count("recorded at training") == 5 and "backbone built 1 time(s)" in served
+    for line in (line for line in served.splitlines() if "recorded at training" in line):
+        accuracy, recorded = line.split("accuracy ")[1].split(" ")[0], line.rsplit(" ", 1)[1]
+        assert accuracy == recorded, line
     report = (job_dir / "report" / "report.txt").read_text()
     assert "best - published" in report and "best - full" in report and "leaderboard" in report
     assert (job_dir / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
-    assert "[job] tiny done in" in capsys.readouterr().out
 
     # a rerun resumes: the same search, the same runs, no epoch trained twice
     assert main(["run", str(path)]) == 0

@@ -186,7 +186,9 @@ def _prepare_entry(entry: BankEntry) -> dict:
     checkpoint = config.model.checkpoint
     backbone = {"fingerprint": meta["backbone_fingerprint"], "config": meta["backbone_config"],
                 "checkpoint": str(Path(checkpoint).expanduser().resolve()) if checkpoint else None,
-                "init_seed": None if checkpoint else config.seed}
+                # Tensors a checkpoint lacks (Point-MAE's has no cls token) come from the
+                # run's seed, and the memory bank was built with them: part of the backbone.
+                "init_seed": config.seed}
     record = {
         "task": spec.name, "task_options": dict(config.data.options), "num_classes": meta["num_classes"],
         "class_names": class_names, "num_points": spec.num_points,
@@ -250,13 +252,14 @@ def _one_backbone(directory: Path, backbones: dict[str, dict]) -> dict:
     error naming which entries sit on which."""
     groups: dict[tuple, list[str]] = {}
     for name, section in backbones.items():
-        key = (section["fingerprint"], json.dumps(_eval_backbone_config(section["config"]), sort_keys=True))
+        key = (section["fingerprint"], json.dumps(_eval_backbone_config(section["config"]), sort_keys=True),
+               section.get("init_seed"))
         groups.setdefault(key, []).append(name)
     if len(groups) > 1:
         parts = []
-        for (fingerprint, config), names in groups.items():
+        for (fingerprint, config, seed), names in groups.items():
             section = backbones[names[0]]
-            origin = section["checkpoint"] or f"no checkpoint, init seed {section['init_seed']}"
+            origin = f"{section['checkpoint'] or 'no checkpoint'}, init seed {seed}"
             parts.append(f"{names} on backbone {fingerprint[:12]} ({origin}; config {config})")
         raise AdapterBankError(f"{directory}: a bank serves one frozen backbone, but the entries differ: "
                                + "; ".join(parts) + ". Put them in separate banks.")
@@ -383,16 +386,16 @@ def _build_backbone(section: dict, where: str):
     checkpoint = section.get("checkpoint")
     # Building draws from torch's RNG: keep the caller's stream as it was.
     with torch.random.fork_rng(devices=[]):
+        # As engine.loop.build_seeded_model builds a run: seeded, then the checkpoint loaded
+        # over what it holds (tensors it lacks keep their seeded values).
+        if section.get("init_seed") is not None:
+            torch.manual_seed(section["init_seed"])
+        backbone = PointMAEBackbone(config)
         if checkpoint:
-            backbone = PointMAEBackbone(config)
             try:
                 load_checkpoint(backbone, checkpoint)
             except CheckpointError as err:
                 raise AdapterBankError(f"{where}: backbone checkpoint: {err}") from None
-        else:
-            # As engine.loop.build_seeded_model builds a run without pre-trained weights.
-            torch.manual_seed(section["init_seed"])
-            backbone = PointMAEBackbone(config)
     fingerprint = backbone_fingerprint(backbone)
     if fingerprint != section["fingerprint"]:
         origin = f"checkpoint {checkpoint}" if checkpoint else f"init seed {section['init_seed']}"
