@@ -34,9 +34,11 @@ class TaskRun:
 
 
 def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | None = None,
-              echo=print, max_concurrent: Optional[int] = None) -> list[dict]:
+              echo=print, max_concurrent: Optional[int] = None, sync_uri: Optional[str] = None) -> list[dict]:
     """Fine-tune every run in parallel (at most `max_concurrent` at once, else as the
-    cluster's resources allow); returns the task rows in the order they finished."""
+    cluster's resources allow); returns the task rows in the order they finished.
+    `sync_uri`: a pyarrow.fs folder URI; each task uploads its run folder to
+    SYNC_URI/LABEL when it ends (from whichever node ran it)."""
     import ray
 
     from .cluster import ensure_ray
@@ -55,7 +57,7 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
     while waiting or pending:
         while waiting and (max_concurrent is None or len(pending) < max_concurrent):
             run = waiting.pop(0)
-            pending[_launch(run, experiment_dir, weights.get(run.config.model.checkpoint))] = run
+            pending[_launch(run, experiment_dir, weights.get(run.config.model.checkpoint), sync_uri)] = run
         done, _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(done[0])
         row, history = _collect(done[0], run)
@@ -67,16 +69,18 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
     return rows
 
 
-def _launch(run: TaskRun, experiment_dir: Path, weights_ref):
+def _launch(run: TaskRun, experiment_dir: Path, weights_ref, sync_uri: Optional[str]):
     import ray
 
     config = run.config.replace(run_dir=str(experiment_dir / run.label)).model_dump()
+    upload_to = f"{sync_uri.rstrip('/')}/{run.label}" if sync_uri else None
     if run.workers == 1:
         task = ray.remote(num_cpus=run.cpus, num_gpus=run.gpus, max_retries=0)(_train_task)
-        return task.remote(config, weights_ref)
+        return task.remote(config, weights_ref, upload_to)
     # The launcher only waits on the TorchTrainer; its workers hold the resources.
     launcher = ray.remote(num_cpus=0, max_retries=0)(_train_distributed_task)
-    return launcher.remote(config, weights_ref, run.workers, run.cpus, run.gpus, run.label, str(experiment_dir))
+    ray_storage = f"{sync_uri.rstrip('/')}/ray" if sync_uri else str(experiment_dir / "ray")
+    return launcher.remote(config, weights_ref, run.workers, run.cpus, run.gpus, run.label, ray_storage, upload_to)
 
 
 def _collect(ref, run: TaskRun) -> tuple[dict, list]:
@@ -92,8 +96,9 @@ def _collect(ref, run: TaskRun) -> tuple[dict, list]:
     return {**base, "status": "completed", **outcome["row"]}, outcome["history"]
 
 
-def _train_task(config_dict: dict, weights_ref=None) -> dict:
-    """Runs on a worker: the loop in this process, checkpoints under config.run_dir."""
+def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = None) -> dict:
+    """Runs on a worker: the loop in this process, checkpoints under config.run_dir
+    (uploaded to `upload_to` at the end, when given)."""
     from ..engine.loop import ADAPTER_DIR, train
     from .weights import shared_tensors
 
@@ -103,12 +108,14 @@ def _train_task(config_dict: dict, weights_ref=None) -> dict:
     best = Path(config.run_dir) / "best"
     row = _metrics_row(result.history, result.trainable_params, result.total_params)
     row["adapter_path"] = str(best / ADAPTER_DIR) if (best / ADAPTER_DIR).is_dir() else None
+    _upload(config.run_dir, upload_to)
     return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": result.history}
 
 
 def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: float, gpus: float,
-                            label: str, experiment_dir: str) -> dict:
-    """Runs on the cluster: a Ray Train run of `workers` DDP workers (distributed.train.fit)."""
+                            label: str, ray_storage: str, upload_to: Optional[str] = None) -> dict:
+    """Runs on the cluster: a Ray Train run of `workers` DDP workers (distributed.train.fit),
+    kept in RAY_STORAGE/LABEL; the best adapter is copied into config.run_dir/best."""
     from ..engine.context import STATE_FILE, load_state
     from ..engine.loop import ADAPTER_DIR
     from ..errors import PointPEFTError
@@ -117,7 +124,7 @@ def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: 
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
     spec = RayRunSpec(workers=workers, use_gpu=gpus > 0, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
-                      name=label, storage_path=str(Path(experiment_dir) / "ray"), max_failures=2)
+                      name=label, storage_path=ray_storage, max_failures=2)
     result = fit(config.replace(run_dir=None), spec, weights=weights_ref)
     if result.error is not None:
         raise PointPEFTError(f"{label}: {result.error}")
@@ -126,9 +133,20 @@ def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: 
     history = list(state["history"])
     best = best_checkpoint(result)
     row = _metrics_row(history, state.get("trainable_params"), state.get("total_params"))
-    adapter = Path(best.path) / ADAPTER_DIR if best is not None else None
-    row["adapter_path"] = str(adapter) if adapter is not None and adapter.is_dir() else None
+    # Beside the one-worker runs' (storage may be a URI): RUN_DIR/best holds the export.
+    best_dir = Path(config.run_dir) / "best"
+    if best is not None:
+        best.to_directory(str(best_dir))
+    row["adapter_path"] = str(best_dir / ADAPTER_DIR) if (best_dir / ADAPTER_DIR).is_dir() else None
+    _upload(config.run_dir, upload_to)
     return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": history}
+
+
+def _upload(run_dir: str, upload_to: Optional[str]) -> None:
+    if upload_to:
+        from ..results.storage import upload_folder
+
+        upload_folder(run_dir, upload_to)
 
 
 def _metrics_row(history: list[dict], trainable: Optional[int], total: Optional[int]) -> dict:

@@ -11,6 +11,12 @@ Everything lands in JOB_DIR = STORAGE/NAME:
 
 Rerunning the same job resumes: cached pre-training, a restored search, runs that
 continue from their last checkpoint (finished ones return at once).
+
+With a pyarrow.fs URI as storage (s3://, gs://, ...), the search writes there directly
+(Ray Tune syncs it), and the rest is kept in a local folder on the driver
+(<cache>/jobs/NAME) and copied up: each fine-tune run uploads its folder when it ends,
+from whichever node ran it, and the driver uploads the tables, bank and report after each
+stage. A rerun first downloads what the URI holds, so it resumes on another machine too.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ from typing import Optional
 import yaml
 
 from ..atomic import atomic_file
-from ..errors import ConfigError, PointPEFTError, ResultsError
+from ..errors import PointPEFTError, ResultsError
+from ..results.storage import download_folder, upload_file, upload_folder
 from .spec import JobSpec, PlannedRun
 
 STAGE_FOLDERS = {"pretrain": "pretrain", "tune": "tune", "finetune": "finetune", "multitask": "multitask"}
@@ -50,43 +57,66 @@ def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
     from ..distributed.cluster import ensure_ray
 
     start = time.perf_counter()
-    job_dir = _local_job_dir(job)
+    job_dir, remote = job_folders(job)
     ensure_ray(address)
+    if remote and download_folder(remote, job_dir):
+        echo(f"[job] resuming from {remote}")
     job_dir.mkdir(parents=True, exist_ok=True)
     _write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     outcome = JobOutcome(job_dir=str(job_dir))
-    echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {job_dir}")
+    echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
+         + (f" (working copy {job_dir})" if remote else ""))
     if job.pretrain is not None:
         outcome.pretrained = str(_timed(outcome, "pretrain", echo, _pretrain, job, job_dir, address, echo))
         job = job.with_pretrained(outcome.pretrained)
     if job.tune is not None:
         outcome.best_trial = _timed(outcome, "tune", echo, _tune, job, job_dir, address, echo)
+        if remote:  # the report reads the search's files
+            download_folder(f"{remote}/{STAGE_FOLDERS['tune']}", job_dir / STAGE_FOLDERS["tune"])
     if job.finetune is not None:
         runs = job.finetune_runs(outcome.best_trial)
         outcome.task_rows["finetune"] = _timed(outcome, "finetune", echo, _fine_tune, job, runs, "finetune",
-                                               job_dir, address, echo)
+                                               job_dir, remote, address, echo)
     if job.multitask:
         outcome.task_rows["multitask"] = _timed(outcome, "multitask", echo, _fine_tune, job, job.multitask_runs(),
-                                                "multitask", job_dir, address, echo)
+                                                "multitask", job_dir, remote, address, echo)
     outcome.adapter_bank = _write_bank(outcome, job_dir, echo)
     if job.report:
         outcome.report_text = _timed(outcome, "report", echo, _report, job, outcome, job_dir)
         echo(outcome.report_text)
     outcome.wall_seconds = time.perf_counter() - start
     _write_summary(outcome, job, job_dir)
+    if remote:
+        _upload_job(job_dir, remote)
+        outcome.job_dir = remote
     echo(f"[job] {job.name} done in {outcome.wall_seconds:.0f} s ("
          + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in outcome.stage_seconds.items())
          + f"); results in {job_dir}")
     return outcome
 
 
-def _local_job_dir(job: JobSpec) -> Path:
+def job_folders(job: JobSpec) -> tuple[Path, Optional[str]]:
+    """(the folder the job works in, the storage URI its results go to, or None)."""
+    from ..data.cache import default_cache_dir
+    from ..results.storage import is_uri
+
     storage = job.job_storage()
-    if "://" in storage and not storage.startswith("file://"):
-        # The fine-tune runs checkpoint into folders, and the report reads them back.
-        raise ConfigError(f"storage: {job.storage!r}: `pointpeft-ray run` keeps a job in a folder; give a local "
-                          "path or a shared filesystem mounted on every node (URIs serve `tune` and `train`)")
-    return Path(storage.removeprefix("file://"))
+    if not is_uri(storage):
+        return Path(storage), None
+    return default_cache_dir() / "jobs" / job.name, storage.rstrip("/")
+
+
+def _upload_job(job_dir: Path, remote: str) -> None:
+    """Everything but the search (Ray Tune keeps it at the URI itself)."""
+    from ..results.storage import upload_folder
+
+    for item in job_dir.iterdir():
+        if item.name == STAGE_FOLDERS["tune"]:
+            continue
+        if item.is_dir():
+            upload_folder(item, f"{remote}/{item.name}")
+        else:
+            upload_file(item, f"{remote}/{item.name}")
 
 
 def _timed(outcome: JobOutcome, stage: str, echo, function, *args):
@@ -125,7 +155,7 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
     if resume:
         echo(f"[tune] resuming the search in {spec.experiment_dir()}")
     outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume, echo=echo)
-    trials = read_trials(Path(outcome.experiment_dir) / "trials.parquet").to_pylist()
+    trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/trials.parquet").to_pylist()  # may be a URI
     try:
         best = best_trial(trials)
     except ResultsError:
@@ -137,14 +167,21 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
     return best
 
 
-def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, address: str | None,
-               echo) -> list[dict]:
+def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, remote: Optional[str],
+               address: str | None, echo) -> list[dict]:
     from ..distributed.multitask import TaskRun, run_tasks
 
     runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
                     workers=run.resources.workers, variant=run.variant) for run in planned]
     echo(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
-    rows = run_tasks(runs, job_dir / STAGE_FOLDERS[stage], address, echo=echo, max_concurrent=job.max_concurrent(stage))
+    folder = job_dir / STAGE_FOLDERS[stage]
+    stage_uri = f"{remote}/{STAGE_FOLDERS[stage]}" if remote else None
+    rows = run_tasks(runs, folder, address, echo=echo, max_concurrent=job.max_concurrent(stage), sync_uri=stage_uri)
+    if stage_uri:
+        # This stage's tables beside the runs' folders, then the runs other nodes uploaded
+        # (their adapters) down here, for the adapter bank.
+        upload_folder(folder, stage_uri)
+        download_folder(stage_uri, folder)
     failed = [row for row in rows if row["status"] != "completed"]
     if len(failed) == len(rows):
         raise PointPEFTError(f"{stage}: every run failed; first error: {failed[0]['error']}")

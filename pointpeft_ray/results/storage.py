@@ -65,3 +65,32 @@ def read_parquet(path) -> pa.Table:
         raise ResultsError(f"results table not found: {path}") from None
     except pa.ArrowInvalid as err:
         raise ResultsError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def upload_folder(local, uri: str) -> None:
+    """Copy the files under the local folder `local` to `uri` (a folder URI), recursively."""
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    filesystem.create_dir(inner, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=filesystem)
+
+
+def download_folder(uri: str, local) -> bool:
+    """Copy the folder `uri` into the local folder `local`; False when there is none."""
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
+        return False
+    Path(local).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(inner, str(Path(local).resolve()), source_filesystem=filesystem,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return True
+
+
+def upload_file(local, uri: str) -> None:
+    """Copy one local file to `uri`."""
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    parent = posixpath.dirname(inner)
+    if parent:
+        filesystem.create_dir(parent, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=filesystem)
