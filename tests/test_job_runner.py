@@ -2,6 +2,7 @@
 the adapter bank and the report it leaves, a rerun that resumes instead of training
 again, and the errors a user can hit."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -132,6 +133,8 @@ def test_a_job_with_uri_storage_keeps_everything_there_and_resumes_from_it(local
     for label in ("objbg", "clean"):
         assert (job_uri / "multitask" / label / "best" / "adapter" / "adapter_config.json").is_file()
     assert len(pd.read_parquet(job_uri / "tune" / "trials.parquet")) == 1
+    assert "# Best trial" in (job_uri / "tune" / "best_config.yaml").read_text()  # written at the URI itself
+    assert not any(p.name.startswith("file:") for p in Path.cwd().iterdir())  # ... not under a mangled path
     index = json.loads((job_uri / "adapters" / "index.json").read_text())
     assert sorted(index["entries"]) == ["clean", "objbg"]
     assert "leaderboard" in (job_uri / "report" / "report.txt").read_text()

@@ -77,10 +77,12 @@ def _launch(run: TaskRun, experiment_dir: Path, weights_ref, sync_uri: Optional[
     if run.workers == 1:
         task = ray.remote(num_cpus=run.cpus, num_gpus=run.gpus, max_retries=0)(_train_task)
         return task.remote(config, weights_ref, upload_to)
-    # The launcher only waits on the TorchTrainer; its workers hold the resources.
+    # The launcher only waits on the TorchTrainer; its workers hold the resources. The ref
+    # goes in a list: Ray resolves a bare ref argument, and the launcher hands the ref (not
+    # its arrays) on to the workers.
     launcher = ray.remote(num_cpus=0, max_retries=0)(_train_distributed_task)
     ray_storage = f"{sync_uri.rstrip('/')}/ray" if sync_uri else str(experiment_dir / "ray")
-    return launcher.remote(config, weights_ref, run.workers, run.cpus, run.gpus, run.label, ray_storage, upload_to)
+    return launcher.remote(config, [weights_ref], run.workers, run.cpus, run.gpus, run.label, ray_storage, upload_to)
 
 
 def _collect(ref, run: TaskRun) -> tuple[dict, list]:
@@ -104,6 +106,7 @@ def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = 
 
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
+    _download_if_absent(upload_to, config.run_dir)
     result = train(config, echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
     best = Path(config.run_dir) / "best"
     row = _metrics_row(result.history, result.trainable_params, result.total_params)
@@ -112,7 +115,7 @@ def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = 
     return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": result.history}
 
 
-def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: float, gpus: float,
+def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int, cpus: float, gpus: float,
                             label: str, ray_storage: str, upload_to: Optional[str] = None) -> dict:
     """Runs on the cluster: a Ray Train run of `workers` DDP workers (distributed.train.fit),
     kept in RAY_STORAGE/LABEL; the best adapter is copied into config.run_dir/best."""
@@ -125,7 +128,7 @@ def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: 
     start = time.perf_counter()
     spec = RayRunSpec(workers=workers, use_gpu=gpus > 0, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
                       name=label, storage_path=ray_storage, max_failures=2)
-    result = fit(config.replace(run_dir=None), spec, weights=weights_ref)
+    result = fit(config.replace(run_dir=None), spec, weights=weights_refs[0])
     if result.error is not None:
         raise PointPEFTError(f"{label}: {result.error}")
     with result.checkpoint.as_directory() as directory:
@@ -140,6 +143,14 @@ def _train_distributed_task(config_dict: dict, weights_ref, workers: int, cpus: 
     row["adapter_path"] = str(best_dir / ADAPTER_DIR) if (best_dir / ADAPTER_DIR).is_dir() else None
     _upload(config.run_dir, upload_to)
     return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": history}
+
+
+def _download_if_absent(upload_to: Optional[str], run_dir: str) -> None:
+    """A run that ran (or began) on another node resumes from what it uploaded."""
+    if upload_to and not Path(run_dir).exists():
+        from ..results.storage import download_folder
+
+        download_folder(upload_to, run_dir)
 
 
 def _upload(run_dir: str, upload_to: Optional[str]) -> None:

@@ -22,7 +22,7 @@ class RayRunSpec:
     workers: int = 1
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu: a fraction lets several small runs share a GPU
-    cpus_per_worker: float | None = None  # None: the cluster's CPUs shared out among the workers
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs shared out, at most a node's
     name: str = "pointpeft-train"
     storage_path: str | None = None  # local folder or pyarrow.fs URI; default ./runs
     max_failures: int = 0
@@ -35,7 +35,9 @@ class RayRunSpec:
         import ray
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        return replace(self, cpus_per_worker=float(max(1, cpus // self.workers)))
+        # A worker runs on one node: on a cluster of several, no more than the largest has.
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=cpus)
+        return replace(self, cpus_per_worker=float(max(1, min(cpus // self.workers, int(largest)))))
 
     def scaling_config(self):
         import ray.train
@@ -92,25 +94,28 @@ def _worker_loop(loop_config: dict) -> None:
     train(config, context=context, echo=worker_echo, bank=bank, pretrained=shared_tensors(loop_config.get("weights")))
 
 
-def _prepare_on_gpu(config_dict: dict):
+def _prepare_on_gpu(config_dict: dict, weights=None):
     from ..engine.loop import prepare_run
+    from .weights import shared_tensors
 
-    return prepare_run(TrainConfig.from_dict(config_dict), device="cuda")
+    return prepare_run(TrainConfig.from_dict(config_dict), device="cuda", pretrained=shared_tensors(weights))
 
 
-def prepare_bank(config: TrainConfig, spec: RayRunSpec):
-    """An ObjectRef to the run's memory bank, or None when the run uses no bank."""
+def prepare_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
+    """An ObjectRef to the run's memory bank, or None when the run uses no bank.
+    `weights`: model.checkpoint in the object store (distributed.weights), if it is there."""
     import ray
 
     from ..engine.loop import prepare_run
+    from .weights import shared_tensors
 
     if not config.uses_memory_bank():
         return None
     if not spec.use_gpu:
         # CPU workers would compute it at the same speed: do it here and save a process start.
-        return ray.put(prepare_run(config))
+        return ray.put(prepare_run(config, pretrained=shared_tensors(weights)))
     task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(_prepare_on_gpu)
-    return ray.put(ray.get(task.remote(config.model_dump())))
+    return ray.put(ray.get(task.remote(config.model_dump(), weights)))
 
 
 def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:
@@ -138,7 +143,8 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
         weights = share_checkpoints([config]).get(config.model.checkpoint)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec), "weights": weights},
+        train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec, weights),
+                           "weights": weights},
         scaling_config=spec.scaling_config(),
         run_config=ray.train.RunConfig(
             name=spec.name, storage_path=spec.storage(),

@@ -62,12 +62,17 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     from ..engine.loop import prepare_run
     from .cluster import ensure_ray
     from .recorder import SearchRecorder
+    from .weights import share_checkpoints
 
     ensure_ray(address)
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
     prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
     recorder = SearchRecorder(spec.experiment_dir(), space, base)
-    tuner = _restored_tuner(base, space, spec) if resume else _new_tuner(base, space, spec, [recorder, *callbacks])
+    # The pre-trained weights: read here once, then from each node's object store (trials
+    # on nodes without the driver's files find them there).
+    weights = share_checkpoints([base]).get(base.model.checkpoint)
+    tuner = _restored_tuner(base, space, spec, weights) if resume else \
+        _new_tuner(base, space, spec, [recorder, *callbacks], weights)
     tuner.fit()
     # A restored Tuner runs the callbacks it pickled at the start, not `recorder`: read
     # back what they wrote, so both paths finish from the tables on disk.
@@ -76,12 +81,14 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     return recorder.outcome()
 
 
-def _trainable(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
+def _trainable(base: TrainConfig, space: SearchSpace, spec: SearchSpec, weights=None):
     import ray.tune
 
     worker_resources = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
+    # The ref in a list: trials get the ref itself and read its arrays without a copy.
     trainable = ray.tune.with_parameters(_run_trial, base_config=base.model_dump(), space_raw=space.to_dict(),
-                                         workers=spec.workers_per_trial, worker_resources=worker_resources)
+                                         workers=spec.workers_per_trial, worker_resources=worker_resources,
+                                         weights=[weights])
     return ray.tune.with_resources(trainable, _trial_resources(spec))
 
 
@@ -94,11 +101,11 @@ def _trial_resources(spec: SearchSpec):
     return ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK")
 
 
-def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, callbacks: list):
+def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, callbacks: list, weights=None):
     import ray.tune
 
     return ray.tune.Tuner(
-        _trainable(base, space, spec),
+        _trainable(base, space, spec, weights),
         tune_config=ray.tune.TuneConfig(search_alg=_searcher(base, space, spec), scheduler=_scheduler(base, spec),
                                         num_samples=spec.samples, reuse_actors=True),
         run_config=ray.tune.RunConfig(
@@ -110,14 +117,14 @@ def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, callback
     )
 
 
-def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
+def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, weights=None):
     import ray.tune
 
     path = spec.experiment_dir()
     if not ray.tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no search to resume at {path} (run it once without --resume)")
     # Unfinished trials continue from their checkpoints; finished and errored ones are kept as they are.
-    return ray.tune.Tuner.restore(path, trainable=_trainable(base, space, spec), resume_unfinished=True,
+    return ray.tune.Tuner.restore(path, trainable=_trainable(base, space, spec, weights), resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
 
 
@@ -158,25 +165,30 @@ def max_concurrent(spec: SearchSpec) -> int:
     return max(1, min(fits))
 
 
-def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, worker_resources: dict) -> None:
+def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, worker_resources: dict,
+               weights: list = (None,)) -> None:
     """One trial: the space's point applied to the base config, trained and reported."""
     raw = {key: value for key, value in space_raw.items() if value is not None}  # to_dict() -> from_dict()
     space = SearchSpace.from_dict(raw, source=raw.pop("source", "<search space>"))
-    config = space.apply(TrainConfig.from_dict(base_config), params)
+    base = TrainConfig.from_dict(base_config)
+    config = space.apply(base, params)
+    # The shared weights are base's checkpoint; a point that names another reads its file.
+    weights_ref = weights[0] if config.model.checkpoint == base.model.checkpoint else None
     if workers == 1:
-        _train_in_trial(config)
+        _train_in_trial(config, weights_ref)
     else:
-        _train_with_workers(config, workers, worker_resources)
+        _train_with_workers(config, workers, worker_resources, weights_ref)
 
 
-def _train_in_trial(config: TrainConfig) -> None:
+def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
     from ..engine.context import TuneTrialContext
     from ..engine.loop import train
+    from .weights import shared_tensors
 
-    train(config, context=TuneTrialContext(), echo=lambda *_: None)
+    train(config, context=TuneTrialContext(), echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
 
 
-def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dict) -> None:
+def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dict, weights_ref=None) -> None:
     """A TorchTrainer driven from the trial; TuneReportCallback forwards rank 0's reports.
     The workers read the memory bank from the cache the search's driver warmed."""
     import ray.train
@@ -190,7 +202,7 @@ def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dic
     resources = {k: v for k, v in worker_resources.items() if v}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config.model_dump(), "bank": None},
+        train_loop_config={"config": config.model_dump(), "bank": None, "weights": weights_ref},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(resources.get("GPU")),
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=f"{context.get_trial_id()}-train",

@@ -167,13 +167,14 @@ def load_run_data(config: TrainConfig):
     return spec, *splits
 
 
-def prepare_run(config: TrainConfig, device: str = "cpu", echo=print) -> MemoryBank | None:
+def prepare_run(config: TrainConfig, device: str = "cpu", echo=print, pretrained=None) -> MemoryBank | None:
     """What every run of `config` shares, made once before they start: the data caches
-    and, for PEFT with a bank, the memory bank (returned on the CPU; None without one)."""
+    and, for PEFT with a bank, the memory bank (returned on the CPU; None without one).
+    `pretrained`: the checkpoint's tensors already read (see train)."""
     spec, train_data, _ = load_run_data(config)
     if not config.uses_memory_bank():
         return None
-    model = build_seeded_model(config, train_data.num_classes, echo=lambda *_: None).to(device)
+    model = build_seeded_model(config, train_data.num_classes, echo=lambda *_: None, pretrained=pretrained).to(device)
     bank = attach_bank(model, spec, train_data, config, echo)
     bank.max_features, bank.cls_features = bank.max_features.cpu(), bank.cls_features.cpu()
     return bank

@@ -14,12 +14,14 @@ continue from their last checkpoint (finished ones return at once).
 
 With a pyarrow.fs URI as storage (s3://, gs://, ...), the search writes there directly
 (Ray Tune syncs it), and the rest is kept in a local folder on the driver
-(<cache>/jobs/NAME) and copied up: each fine-tune run uploads its folder when it ends,
-from whichever node ran it, and the driver uploads the tables, bank and report after each
-stage. A rerun first downloads what the URI holds, so it resumes on another machine too.
+(<cache>/jobs/NAME-KEY) and copied up: each fine-tune run uploads its folder when it ends,
+from whichever node ran it (and a rerun on any node starts from it), the driver uploads
+each fine-tune stage's tables when the stage ends and the summary, bank and report at the
+end. A rerun first downloads what the URI holds, so it resumes on another machine too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -63,11 +65,13 @@ def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
         echo(f"[job] resuming from {remote}")
     job_dir.mkdir(parents=True, exist_ok=True)
     _write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    if remote:
+        upload_file(job_dir / "job.yaml", f"{remote}/job.yaml")
     outcome = JobOutcome(job_dir=str(job_dir))
     echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
          + (f" (working copy {job_dir})" if remote else ""))
     if job.pretrain is not None:
-        outcome.pretrained = str(_timed(outcome, "pretrain", echo, _pretrain, job, job_dir, address, echo))
+        outcome.pretrained = str(_timed(outcome, "pretrain", echo, _pretrain, job, job_dir, remote, address, echo))
         job = job.with_pretrained(outcome.pretrained)
     if job.tune is not None:
         outcome.best_trial = _timed(outcome, "tune", echo, _tune, job, job_dir, address, echo)
@@ -103,15 +107,18 @@ def job_folders(job: JobSpec) -> tuple[Path, Optional[str]]:
     storage = job.job_storage()
     if not is_uri(storage):
         return Path(storage), None
-    return default_cache_dir() / "jobs" / job.name, storage.rstrip("/")
+    remote = storage.rstrip("/")
+    # One working copy per URI: two storages of one job name never share (or reuse) files.
+    key = hashlib.blake2b(remote.encode(), digest_size=6).hexdigest()
+    return default_cache_dir() / "jobs" / f"{job.name}-{key}", remote
 
 
 def _upload_job(job_dir: Path, remote: str) -> None:
-    """Everything but the search (Ray Tune keeps it at the URI itself)."""
-    from ..results.storage import upload_folder
-
+    """The driver's own files: summary, adapter bank, report. The stages' folders are
+    there already (Ray Tune, Ray Train and each run write or upload their own; the
+    fine-tune stages' tables went up with them), and this copy of them may be older."""
     for item in job_dir.iterdir():
-        if item.name == STAGE_FOLDERS["tune"]:
+        if item.name in STAGE_FOLDERS.values():
             continue
         if item.is_dir():
             upload_folder(item, f"{remote}/{item.name}")
@@ -130,16 +137,20 @@ def _timed(outcome: JobOutcome, stage: str, echo, function, *args):
 
 # --- stages ---
 
-def _pretrain(job: JobSpec, job_dir: Path, address: str | None, echo) -> Path:
+def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None, echo) -> Path:
     from ..distributed.pretrain import fit_pretrain
     from ..distributed.train import RayRunSpec
-    from ..pretrain.cache import ensure_pretrained
+    from ..pretrain.cache import ensure_pretrained, weights_key
 
     resources = job.pretrain_resources()
+    config = job.pretrain_config()
+    # One worker takes a whole node's CPUs (RayRunSpec.resolved). The run is named by the
+    # weights' key: Ray Train resumes a run of the same name, which must be these settings'.
     spec = RayRunSpec(workers=resources.workers, use_gpu=resources.gpus > 0, gpus_per_worker=resources.gpus or 1.0,
                       cpus_per_worker=resources.cpus if resources.workers > 1 else None,
-                      name=STAGE_FOLDERS["pretrain"], storage_path=str(job_dir), max_failures=2)
-    return ensure_pretrained(job.pretrain_config(), echo=echo, runner=partial(fit_pretrain, spec=spec, address=address))
+                      name=f"{STAGE_FOLDERS['pretrain']}-{weights_key(config)}",
+                      storage_path=remote or str(job_dir), max_failures=2)
+    return ensure_pretrained(config, echo=echo, runner=partial(fit_pretrain, spec=spec, address=address))
 
 
 def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
@@ -178,9 +189,10 @@ def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Pat
     stage_uri = f"{remote}/{STAGE_FOLDERS[stage]}" if remote else None
     rows = run_tasks(runs, folder, address, echo=echo, max_concurrent=job.max_concurrent(stage), sync_uri=stage_uri)
     if stage_uri:
-        # This stage's tables beside the runs' folders, then the runs other nodes uploaded
-        # (their adapters) down here, for the adapter bank.
-        upload_folder(folder, stage_uri)
+        # The runs uploaded their own folders (from whichever node); the tables go beside
+        # them, and the runs' folders come down here for the adapter bank.
+        for table in ("tasks.parquet", "epochs.parquet"):
+            upload_file(folder / table, f"{stage_uri}/{table}")
         download_folder(stage_uri, folder)
     failed = [row for row in rows if row["status"] != "completed"]
     if len(failed) == len(rows):

@@ -94,3 +94,18 @@ def upload_file(local, uri: str) -> None:
         filesystem.create_dir(parent, recursive=True)
     pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=filesystem)
+
+
+def write_text_at_uri(text: str, uri: str) -> None:
+    """A small text file at a filesystem URI: under a temporary name, then moved, where the
+    filesystem can rename; in place on object stores (published when the upload completes)."""
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    parent, name = posixpath.split(inner)
+    if parent:
+        filesystem.create_dir(parent, recursive=True)
+    target = inner if filesystem.type_name in OBJECT_STORES else \
+        posixpath.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with filesystem.open_output_stream(target) as stream:
+        stream.write(text.encode())
+    if target != inner:
+        filesystem.move(target, inner)
