@@ -54,7 +54,7 @@ def test_a_job_runs_every_stage_and_a_rerun_resumes(local_ray, tmp_path, capsys)
     assert "[job] tiny done in" in capsys.readouterr().out
     job_dir = tmp_path / "runs" / "tiny"
     summary = json.loads((job_dir / "job_summary.json").read_text())
-    assert summary["stages"] == ["pretrain", "tune", "finetune", "multitask"]
+    assert summary["stages"] == ["pretrain", "tune", "finetune", "multitask"] and summary["status"] == "completed"
     assert set(summary["stage_seconds"]) == {"pretrain", "tune", "finetune", "multitask", "report"}
     assert JobSpec.from_dict(yaml.safe_load((job_dir / "job.yaml").read_text())).name == "tiny"
 
@@ -114,6 +114,9 @@ def test_a_search_without_a_finished_trial_names_the_trials_error(local_ray, tmp
     job["tune"] = {"space": "bad_space.yaml", "samples": 1, "epochs": 1}
     with pytest.raises(PointPEFTError, match=r"tune: no trial finished .*top_k"):
         run_job(JobSpec.from_yaml(write(tmp_path, job)), echo=lambda *_: None)
+    # the job's summary says so: nothing in its folder passes for a finished job
+    summary = json.loads((tmp_path / "runs" / "tiny" / "job_summary.json").read_text())
+    assert summary["status"] == "failed" and "no trial finished" in summary["error"]
 
 
 def test_a_job_with_uri_storage_keeps_everything_there_and_resumes_from_it(local_ray, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ import yaml
 
 from ..atomic import atomic_file
 from ..errors import PointPEFTError, ResultsError
-from ..results.storage import download_folder, upload_file, upload_folder
+from ..results.storage import download_file, download_folder, exists_at, upload_file, upload_folder
 from .spec import JobSpec, PlannedRun
 
 STAGE_FOLDERS = {"pretrain": "pretrain", "tune": "tune", "finetune": "finetune", "multitask": "multitask"}
@@ -55,28 +55,49 @@ class JobOutcome:
 
 
 def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
-    """Run every stage of `job`; returns where the results are and what they say."""
+    """Run every stage of `job`; returns where the results are and what they say.
+    job_summary.json says `running` until the job ends, then `completed` or `failed`
+    (with the error), so files left from an earlier run never pass for this one's."""
     from ..distributed.cluster import ensure_ray
 
     start = time.perf_counter()
     job_dir, remote = job_folders(job)
     ensure_ray(address)
-    if remote and download_folder(remote, job_dir):
+    if remote and exists_at(remote):
         echo(f"[job] resuming from {remote}")
     job_dir.mkdir(parents=True, exist_ok=True)
     _write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
-    if remote:
-        upload_file(job_dir / "job.yaml", f"{remote}/job.yaml")
     outcome = JobOutcome(job_dir=str(job_dir))
+    _publish_summary(outcome, job, job_dir, remote, "running")
     echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
          + (f" (working copy {job_dir})" if remote else ""))
+    try:
+        _run_stages(job, outcome, job_dir, remote, address, echo)
+    except BaseException as err:
+        outcome.wall_seconds = time.perf_counter() - start
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        _publish_summary(outcome, job, job_dir, remote, status, f"{type(err).__name__}: {err}")
+        raise
+    outcome.wall_seconds = time.perf_counter() - start
+    _publish_summary(outcome, job, job_dir, remote, "completed")
+    if remote:
+        outcome.job_dir = remote
+    echo(f"[job] {job.name} done in {outcome.wall_seconds:.0f} s ("
+         + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in outcome.stage_seconds.items())
+         + f"); results in {outcome.job_dir}")
+    return outcome
+
+
+def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Optional[str], address: str | None,
+                echo) -> None:
     if job.pretrain is not None:
         outcome.pretrained = str(_timed(outcome, "pretrain", echo, _pretrain, job, job_dir, remote, address, echo))
         job = job.with_pretrained(outcome.pretrained)
     if job.tune is not None:
         outcome.best_trial = _timed(outcome, "tune", echo, _tune, job, job_dir, address, echo)
-        if remote:  # the report reads the search's files
-            download_folder(f"{remote}/{STAGE_FOLDERS['tune']}", job_dir / STAGE_FOLDERS["tune"])
+        if remote:  # the report reads the search's tables and best config, not its checkpoints
+            for name in ("trials.parquet", "epochs.parquet", "best_config.yaml"):
+                download_file(f"{remote}/{STAGE_FOLDERS['tune']}/{name}", job_dir / STAGE_FOLDERS["tune"] / name)
     if job.finetune is not None:
         runs = job.finetune_runs(outcome.best_trial)
         outcome.task_rows["finetune"] = _timed(outcome, "finetune", echo, _fine_tune, job, runs, "finetune",
@@ -88,15 +109,13 @@ def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
     if job.report:
         outcome.report_text = _timed(outcome, "report", echo, _report, job, outcome, job_dir)
         echo(outcome.report_text)
-    outcome.wall_seconds = time.perf_counter() - start
-    _write_summary(outcome, job, job_dir)
+
+
+def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: Optional[str], status: str,
+                     error: Optional[str] = None) -> None:
+    _write_summary(outcome, job, job_dir, status, error)
     if remote:
         _upload_job(job_dir, remote)
-        outcome.job_dir = remote
-    echo(f"[job] {job.name} done in {outcome.wall_seconds:.0f} s ("
-         + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in outcome.stage_seconds.items())
-         + f"); results in {job_dir}")
-    return outcome
 
 
 def job_folders(job: JobSpec) -> tuple[Path, Optional[str]]:
@@ -221,8 +240,10 @@ def _report(job: JobSpec, outcome: JobOutcome, job_dir: Path) -> str:
 
 # --- files ---
 
-def _write_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path) -> None:
-    summary = {"job": job.name, "stages": job.stage_names(), "wall_seconds": outcome.wall_seconds,
+def _write_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, status: str,
+                   error: Optional[str] = None) -> None:
+    summary = {"job": job.name, "status": status, "error": error, "stages": job.stage_names(),
+               "wall_seconds": outcome.wall_seconds,
                "stage_seconds": outcome.stage_seconds, "pretrained": outcome.pretrained,
                "best_trial": _plain(outcome.best_trial), "adapter_bank": outcome.adapter_bank,
                "results": {stage: str(job_dir / folder) for stage, folder in STAGE_FOLDERS.items()

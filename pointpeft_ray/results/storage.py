@@ -109,3 +109,20 @@ def write_text_at_uri(text: str, uri: str) -> None:
         stream.write(text.encode())
     if target != inner:
         filesystem.move(target, inner)
+
+
+def download_file(uri: str, local) -> bool:
+    """Copy the file at `uri` to the local path `local`; False when there is none."""
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(inner).type != pafs.FileType.File:
+        return False
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(local) as tmp:
+        pafs.copy_files(inner, str(Path(tmp).resolve()), source_filesystem=filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+    return True
+
+
+def exists_at(uri: str) -> bool:
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
