@@ -66,10 +66,17 @@ def worker_echo(line: str) -> None:
     sys.stdout.flush()
 
 
+# Loggers of Ray Train / Tune internals that write a line at INFO for every checkpoint.
+CHATTY_LOGGERS = ("ray.train.v2._internal.execution.storage", "ray.train._internal.storage")
+
+
 def quiet_ray_train_reports() -> None:
     """Ray Train logs every report with all its metrics at INFO (a screenful per epoch
-    with per-class accuracies); our own epoch line says what matters."""
-    try:
+    with per-class accuracies), and a line per checkpoint; our own epoch line says what
+    matters. Down to warnings, in this process."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:  # its logger is named after the file, so reach it through the module
         from ray.train.v2._internal.execution import context as train_context
 
         train_context.logger.setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ experiment directory as Arrow tables while trials finish (see distributed.record
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -65,6 +66,9 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     from .weights import share_checkpoints
 
     ensure_ray(address)
+    # Keeping one checkpoint per trial makes Tune save the experiment's state at each one,
+    # and warn about it every time; a few KB a save is no bottleneck here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
     prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
     recorder = SearchRecorder(spec.experiment_dir(), space, base)
@@ -183,7 +187,10 @@ def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, w
 def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
     from ..engine.context import TuneTrialContext
     from ..engine.loop import train
+    from .train import quiet_ray_train_reports
     from .weights import shared_tensors
+
+    quiet_ray_train_reports()
 
     train(config, context=TuneTrialContext(), echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
 
