@@ -35,6 +35,13 @@ def atomic_file(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
             tmp.unlink()
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """A text file written whole or not at all (see atomic_file)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yields an empty staging directory; swapped in for `path` if the block succeeds."""

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pointpeft_ray.atomic import atomic_file  # noqa: E402
+from pointpeft_ray.atomic import atomic_write_text  # noqa: E402
 from pointpeft_ray.engine.config import TrainConfig  # noqa: E402
 from pointpeft_ray.engine.loop import train  # noqa: E402
 from pointpeft_ray.pretrain.cache import ensure_pretrained, read_manifest  # noqa: E402
@@ -97,8 +97,7 @@ def run_cell(config: TrainConfig) -> dict:
 
 
 def save(results: dict, path: Path) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True))
 
 
 def table(results: dict, args) -> str:

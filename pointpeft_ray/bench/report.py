@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from ..atomic import atomic_file
+from ..atomic import atomic_write_text
 
 
 def machine_info(device: str) -> dict:
@@ -43,6 +43,5 @@ def _fmt(value: object) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
     return Path(path)

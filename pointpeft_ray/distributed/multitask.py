@@ -172,7 +172,9 @@ def _metrics_row(history: list[dict], trainable: Optional[int], total: Optional[
 def _node() -> dict:
     import ray
 
-    return {"node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    from ..engine.context import node_id
+
+    return {"node": node_id(), "node_ip": ray.util.get_node_ip_address()}
 
 
 def _write_tables(rows: list[dict], epochs: list[dict], experiment_dir: Path) -> None:

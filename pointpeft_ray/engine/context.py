@@ -108,7 +108,7 @@ class RayTrainContext:
         if self.on_report is not None and self.rank == 0:
             self.on_report(metrics)
         metrics = {**metrics, "checkpoint_score": metrics.get("val_accuracy", -1.0) if is_best else -1.0,
-                   "node_id": _node_id()}
+                   "node_id": node_id()}
         if snapshot is None or self.rank != 0:
             ray.train.report(metrics)
             return
@@ -144,7 +144,7 @@ class TuneTrialContext:
 
         if self.on_report is not None:
             self.on_report(metrics)
-        metrics = {**metrics, "node_id": _node_id()}
+        metrics = {**metrics, "node_id": node_id()}
         if snapshot is None:
             ray.tune.report(metrics)
             return
@@ -155,7 +155,7 @@ class TuneTrialContext:
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory))
 
 
-def _node_id() -> str:
+def node_id() -> str:
     """The Ray node this runs on (several nodes may share one IP address)."""
     import ray
 

@@ -29,6 +29,7 @@ from .tensorboard import ScalarLogger
 Reporter = Callable[[dict], None]
 ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
 MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
+VOTING_AUGMENTATION = "scale_translate"  # test-time voting: scaled and shifted copies of each cloud
 
 
 class TrainingDivergedError(PointPEFTError):
@@ -48,6 +49,12 @@ class RunResult:
     bank_seconds: float = 0.0
 
 
+def voted_logits(model, points: torch.Tensor, views: int, augment, gen: torch.Generator) -> torch.Tensor:
+    """Logits averaged over `views` test-time copies of `points` (one view: the points as given)."""
+    inputs = voting_views(points, views, augment, gen) if views > 1 else [points]
+    return torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
+
+
 def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=None, seed: int = 0) -> dict:
     """Overall accuracy, mean class accuracy, per-class accuracy and loss.
 
@@ -63,8 +70,7 @@ def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=No
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(device)
-            inputs = voting_views(batch.points, views, augment, gen) if views > 1 else [batch.points]
-            logits = torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
+            logits = voted_logits(model, batch.points, views, augment, gen)
             loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum")
             total.index_add_(0, batch.labels, torch.ones_like(batch.labels, dtype=torch.float64))
             hits = (logits.argmax(-1) == batch.labels).double()
@@ -122,7 +128,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
                                rank=context.rank, world_size=context.world_size, augment=config.data.augment)
     test_loader = task_loader(spec, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size)
     views = config.data.voting_views or spec.voting_views
-    vote_augment = build_augmentation("scale_translate")
+    vote_augment = build_augmentation(VOTING_AUGMENTATION)
     use_bf16 = config.bf16 and device.type == "cuda"
     scalars = ScalarLogger(config.tensorboard_dir() if context.rank == 0 else None)
     snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
-from ..atomic import atomic_file
+from ..atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from .runner import JobOutcome
@@ -37,8 +37,7 @@ def write_job_report(job: "JobSpec", outcome: "JobOutcome", report_dir: Path) ->
         sections.append(f"adapter bank: {outcome.adapter_bank}  (pointpeft-ray predict --bank "
                         f"{outcome.adapter_bank} --task NAME POINTS.npz)")
     text = "\n\n".join(sections)
-    with atomic_file(report_dir / REPORT_FILE) as tmp:
-        tmp.write_text(text + "\n")
+    atomic_write_text(report_dir / REPORT_FILE, text + "\n")
     return text
 
 

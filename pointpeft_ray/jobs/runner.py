@@ -31,12 +31,12 @@ from typing import Optional
 
 import yaml
 
-from ..atomic import atomic_file
+from ..atomic import atomic_write_text
 from ..errors import PointPEFTError, ResultsError
 from ..results.storage import download_file, download_folder, exists_at, upload_file, upload_folder
-from .spec import JobSpec, PlannedRun
+from ..results.report import EXPECTED_FILES as SEARCH_FILES, TRIALS_FILE
+from .spec import STAGES, JobSpec, PlannedRun
 
-STAGE_FOLDERS = {"pretrain": "pretrain", "tune": "tune", "finetune": "finetune", "multitask": "multitask"}
 ADAPTERS_FOLDER = "adapters"
 REPORT_FOLDER = "report"
 SUMMARY_FILE = "job_summary.json"
@@ -66,7 +66,7 @@ def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
     if remote and exists_at(remote):
         echo(f"[job] resuming from {remote}")
     job_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     outcome = JobOutcome(job_dir=str(job_dir))
     _publish_summary(outcome, job, job_dir, remote, "running")
     echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
@@ -96,8 +96,8 @@ def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Option
     if job.tune is not None:
         outcome.best_trial = _timed(outcome, "tune", echo, _tune, job, job_dir, address, echo)
         if remote:  # the report reads the search's tables and best config, not its checkpoints
-            for name in ("trials.parquet", "epochs.parquet", "best_config.yaml"):
-                download_file(f"{remote}/{STAGE_FOLDERS['tune']}/{name}", job_dir / STAGE_FOLDERS["tune"] / name)
+            for name in SEARCH_FILES:
+                download_file(f"{remote}/tune/{name}", job_dir / "tune" / name)
     if job.finetune is not None:
         runs = job.finetune_runs(outcome.best_trial)
         outcome.task_rows["finetune"] = _timed(outcome, "finetune", echo, _fine_tune, job, runs, "finetune",
@@ -137,7 +137,7 @@ def _upload_job(job_dir: Path, remote: str) -> None:
     there already (Ray Tune, Ray Train and each run write or upload their own; the
     fine-tune stages' tables went up with them), and this copy of them may be older."""
     for item in job_dir.iterdir():
-        if item.name in STAGE_FOLDERS.values():
+        if item.name in STAGES:
             continue
         if item.is_dir():
             upload_folder(item, f"{remote}/{item.name}")
@@ -167,7 +167,7 @@ def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str |
     # weights' key: Ray Train resumes a run of the same name, which must be these settings'.
     spec = RayRunSpec(workers=resources.workers, use_gpu=resources.gpus > 0, gpus_per_worker=resources.gpus or 1.0,
                       cpus_per_worker=resources.cpus if resources.workers > 1 else None,
-                      name=f"{STAGE_FOLDERS['pretrain']}-{weights_key(config)}",
+                      name=f"pretrain-{weights_key(config)}",
                       storage_path=remote or str(job_dir), max_failures=2)
     return ensure_pretrained(config, echo=echo, runner=partial(fit_pretrain, spec=spec, address=address))
 
@@ -180,37 +180,37 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
     from ..results.best_config import best_trial
     from ..results.tables import read_trials
 
-    spec = job.search_spec(STAGE_FOLDERS["tune"])
+    spec = job.search_spec("tune")
     resume = Tuner.can_restore(spec.experiment_dir())
     if resume:
         echo(f"[tune] resuming the search in {spec.experiment_dir()}")
     outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume, echo=echo)
-    trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/trials.parquet").to_pylist()  # may be a URI
+    trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/{TRIALS_FILE}").to_pylist()  # may be a URI
     try:
         best = best_trial(trials)
     except ResultsError:
         errors = [row["error"] for row in trials if row.get("error")]
         raise PointPEFTError(f"tune: no trial finished ({len(trials)} ran"
                              + (f"; first error: {errors[0]}" if errors else "")
-                             + f"); see {outcome.experiment_dir}/trials.parquet") from None
+                             + f"); see {outcome.experiment_dir}/{TRIALS_FILE}") from None
     echo(f"[tune] best trial {best['trial_id']}: accuracy {best['best_accuracy']:.2f}")
     return best
 
 
 def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, remote: Optional[str],
                address: str | None, echo) -> list[dict]:
-    from ..distributed.multitask import TaskRun, run_tasks
+    from ..distributed.multitask import EPOCHS_FILE, TASKS_FILE, TaskRun, run_tasks
 
     runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
                     workers=run.resources.workers, variant=run.variant) for run in planned]
     echo(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
-    folder = job_dir / STAGE_FOLDERS[stage]
-    stage_uri = f"{remote}/{STAGE_FOLDERS[stage]}" if remote else None
+    folder = job_dir / stage
+    stage_uri = f"{remote}/{stage}" if remote else None
     rows = run_tasks(runs, folder, address, echo=echo, max_concurrent=job.max_concurrent(stage), sync_uri=stage_uri)
     if stage_uri:
         # The runs uploaded their own folders (from whichever node); the tables go beside
         # them, and the runs' folders come down here for the adapter bank.
-        for table in ("tasks.parquet", "epochs.parquet"):
+        for table in (TASKS_FILE, EPOCHS_FILE):
             upload_file(folder / table, f"{stage_uri}/{table}")
         download_folder(stage_uri, folder)
     failed = [row for row in rows if row["status"] != "completed"]
@@ -246,9 +246,8 @@ def _write_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, status: str
                "wall_seconds": outcome.wall_seconds,
                "stage_seconds": outcome.stage_seconds, "pretrained": outcome.pretrained,
                "best_trial": _plain(outcome.best_trial), "adapter_bank": outcome.adapter_bank,
-               "results": {stage: str(job_dir / folder) for stage, folder in STAGE_FOLDERS.items()
-                           if (job_dir / folder).exists()}}
-    _write_text(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+               "results": {stage: str(job_dir / stage) for stage in STAGES if (job_dir / stage).exists()}}
+    atomic_write_text(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
 
 def _plain(row: Optional[dict]) -> Optional[dict]:
@@ -257,6 +256,3 @@ def _plain(row: Optional[dict]) -> Optional[dict]:
     return {key: value for key, value in row.items() if not (isinstance(value, float) and value != value)}
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)

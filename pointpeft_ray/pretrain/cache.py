@@ -18,7 +18,7 @@ from typing import Callable
 
 from filelock import FileLock
 
-from ..atomic import atomic_file
+from ..atomic import atomic_write_text
 from ..data.cache import default_cache_dir
 from .config import PretrainConfig
 from .loop import PretrainResult, pretrain
@@ -93,5 +93,4 @@ def _write_manifest(path: Path, config: PretrainConfig, result: PretrainResult) 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "history": result.history,
     }
-    with atomic_file(path.parent / MANIFEST_NAME) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(path.parent / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str))

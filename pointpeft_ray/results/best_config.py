@@ -8,10 +8,9 @@ from typing import Any, Iterable, Mapping, Union
 import pyarrow as pa
 import yaml
 
-from ..atomic import atomic_file
 from ..engine.config import TrainConfig
 from ..errors import ResultsError
-from .storage import is_uri, write_text_at_uri
+from .storage import write_text
 
 # Early-stopped trials (ASHA) were evaluated on the epochs they ran; failed or unfinished
 # ones do not compete.
@@ -56,9 +55,5 @@ def write_best_config(trials, configs: Mapping[str, Union[TrainConfig, Mapping]]
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config, where=f"config of trial {trial_id}")
     body = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    if is_uri(path):
-        write_text_at_uri(header + body, path)
-    else:
-        with atomic_file(path) as tmp:
-            tmp.write_text(header + body)
+    write_text(path, header + body)  # a local path or a URI
     return trial_id

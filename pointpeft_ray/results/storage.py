@@ -11,12 +11,13 @@ import os
 import posixpath
 import threading
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, atomic_write_text
 from ..errors import ResultsError
 
 # pyarrow filesystem type names without an atomic rename.
@@ -31,24 +32,39 @@ def write_table_atomic(table: pa.Table, path) -> str:
     """Write `table` as Parquet at `path` (a local path or a filesystem URI), atomically."""
     if is_uri(path):
         filesystem, inner = pafs.FileSystem.from_uri(path)
-        _write_on_filesystem(table, filesystem, inner)
+        _publish(filesystem, inner, lambda target: pq.write_table(table, target, filesystem=filesystem))
     else:
         with atomic_file(path) as tmp:
             pq.write_table(table, str(tmp))
     return str(path)
 
 
-def _write_on_filesystem(table: pa.Table, filesystem: pafs.FileSystem, path: str) -> None:
+def write_text(path, text: str) -> str:
+    """Write a text file at `path` (a local path or a filesystem URI), atomically."""
+    if is_uri(path):
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+
+        def write(target: str) -> None:
+            with filesystem.open_output_stream(target) as stream:
+                stream.write(text.encode())
+        _publish(filesystem, inner, write)
+    else:
+        atomic_write_text(path, text)
+    return str(path)
+
+
+def _publish(filesystem: pafs.FileSystem, path: str, write: Callable[[str], None]) -> None:
+    """`write(target)` writes the file; it appears at `path` only once complete."""
     parent, name = posixpath.split(path)
     if parent:
         filesystem.create_dir(parent, recursive=True)
     if filesystem.type_name in OBJECT_STORES:
-        pq.write_table(table, path, filesystem=filesystem)
+        write(path)
         return
     # pid + thread: concurrent writers of one file never share a temporary.
     tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        pq.write_table(table, tmp, filesystem=filesystem)
+        write(tmp)
         filesystem.move(tmp, path)
     finally:
         if filesystem.get_file_info(tmp).type != pafs.FileType.NotFound:
@@ -94,21 +110,6 @@ def upload_file(local, uri: str) -> None:
         filesystem.create_dir(parent, recursive=True)
     pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=filesystem)
-
-
-def write_text_at_uri(text: str, uri: str) -> None:
-    """A small text file at a filesystem URI: under a temporary name, then moved, where the
-    filesystem can rename; in place on object stores (published when the upload completes)."""
-    filesystem, inner = pafs.FileSystem.from_uri(uri)
-    parent, name = posixpath.split(inner)
-    if parent:
-        filesystem.create_dir(parent, recursive=True)
-    target = inner if filesystem.type_name in OBJECT_STORES else \
-        posixpath.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with filesystem.open_output_stream(target) as stream:
-        stream.write(text.encode())
-    if target != inner:
-        filesystem.move(target, inner)
 
 
 def download_file(uri: str, local) -> bool:

@@ -37,7 +37,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 import torch
 
-from ..atomic import atomic_file, atomic_directory
+from ..atomic import atomic_directory, atomic_file, atomic_write_text
 from ..errors import CheckpointError, DataFormatError, PointPEFTError
 
 INDEX_NAME = "index.json"
@@ -48,7 +48,6 @@ BANK_FORMAT_VERSION = 1
 RESERVED_NAMES = ("all",)  # `predict --task all` means every entry
 # Backbone settings that do not change what the frozen backbone computes in eval mode.
 TRAINING_ONLY_BACKBONE_KEYS = ("drop_path_rate",)
-VOTING_AUGMENTATION = "scale_translate"  # what the training loop's evaluation votes over
 _ENTRY_KEYS = {"adapter": str, "task": str, "num_classes": int, "num_points": int, "voting_views": int,
                "eval_seed": int, "eval_batch_size": int}
 
@@ -146,8 +145,7 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
             index = {"format": BANK_FORMAT, "format_version": BANK_FORMAT_VERSION,
                      "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backbone": backbone,
                      "entries": {name: records[name] for name in sorted(records)}}
-            with atomic_file(index_path) as tmp:
-                tmp.write_text(json.dumps(index, indent=2, sort_keys=True, allow_nan=False) + "\n")
+            atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True, allow_nan=False) + "\n")
         except BaseException:
             for folder in created:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -537,7 +535,8 @@ class AdapterBank:
                 seed: int | None = None) -> Prediction:
         """Classify clouds with entry `name`. Defaults repeat the run's evaluation: its batch
         size, its test-time voting views (scale-and-translate copies averaged) and seed."""
-        from ..data.transforms import build_augmentation, voting_views
+        from ..data.transforms import build_augmentation
+        from ..engine.loop import VOTING_AUGMENTATION, voted_logits
 
         record = self.entry(name)
         batch_size = batch_size or record["eval_batch_size"]
@@ -552,9 +551,7 @@ class AdapterBank:
         with torch.no_grad():
             for start in range(0, clouds.shape[0], batch_size):
                 batch = clouds[start:start + batch_size].to(self.device)
-                inputs = voting_views(batch, views, augment, gen) if views > 1 else [batch]
-                logits = torch.stack([model(view, sample_index=None).float() for view in inputs]).mean(0)
-                outputs.append(logits.cpu())
+                outputs.append(voted_logits(model, batch, views, augment, gen).cpu())
         logits = torch.cat(outputs)
         return Prediction(logits.argmax(-1).numpy(), logits.softmax(-1).numpy())
 
