@@ -155,9 +155,9 @@ def _download_if_absent(upload_to: Optional[str], run_dir: str) -> None:
 
 def _upload(run_dir: str, upload_to: Optional[str]) -> None:
     if upload_to:
-        from ..results.storage import upload_folder
+        from ..results.storage import upload
 
-        upload_folder(run_dir, upload_to)
+        upload(run_dir, upload_to)
 
 
 def _metrics_row(history: list[dict], trainable: Optional[int], total: Optional[int]) -> dict:

@@ -33,7 +33,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import PointPEFTError, ResultsError
-from ..results.storage import download_file, download_folder, exists_at, upload_file, upload_folder
+from ..results.storage import download_file, download_folder, exists_at, upload
 from ..results.report import EXPECTED_FILES as SEARCH_FILES, TRIALS_FILE
 from .spec import STAGES, JobSpec, PlannedRun
 
@@ -139,10 +139,7 @@ def _upload_job(job_dir: Path, remote: str) -> None:
     for item in job_dir.iterdir():
         if item.name in STAGES:
             continue
-        if item.is_dir():
-            upload_folder(item, f"{remote}/{item.name}")
-        else:
-            upload_file(item, f"{remote}/{item.name}")
+        upload(item, f"{remote}/{item.name}")
 
 
 def _timed(outcome: JobOutcome, stage: str, echo, function, *args):
@@ -211,7 +208,7 @@ def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Pat
         # The runs uploaded their own folders (from whichever node); the tables go beside
         # them, and the runs' folders come down here for the adapter bank.
         for table in (TASKS_FILE, EPOCHS_FILE):
-            upload_file(folder / table, f"{stage_uri}/{table}")
+            upload(folder / table, f"{stage_uri}/{table}")
         download_folder(stage_uri, folder)
     failed = [row for row in rows if row["status"] != "completed"]
     if len(failed) == len(rows):

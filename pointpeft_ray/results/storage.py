@@ -83,12 +83,14 @@ def read_parquet(path) -> pa.Table:
         raise ResultsError(f"{path}: not a readable Parquet file ({err})") from None
 
 
-def upload_folder(local, uri: str) -> None:
-    """Copy the files under the local folder `local` to `uri` (a folder URI), recursively."""
+def upload(local, uri: str) -> None:
+    """Copy a local file, or a folder with everything under it, to `uri`."""
+    local = Path(local).resolve()
     filesystem, inner = pafs.FileSystem.from_uri(uri)
-    filesystem.create_dir(inner, recursive=True)
-    pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=filesystem)
+    folder = inner if local.is_dir() else posixpath.dirname(inner)
+    if folder:
+        filesystem.create_dir(folder, recursive=True)
+    pafs.copy_files(str(local), inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
 
 
 def download_folder(uri: str, local) -> bool:
@@ -100,16 +102,6 @@ def download_folder(uri: str, local) -> bool:
     pafs.copy_files(inner, str(Path(local).resolve()), source_filesystem=filesystem,
                     destination_filesystem=pafs.LocalFileSystem())
     return True
-
-
-def upload_file(local, uri: str) -> None:
-    """Copy one local file to `uri`."""
-    filesystem, inner = pafs.FileSystem.from_uri(uri)
-    parent = posixpath.dirname(inner)
-    if parent:
-        filesystem.create_dir(parent, recursive=True)
-    pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=filesystem)
 
 
 def download_file(uri: str, local) -> bool:
