@@ -283,7 +283,8 @@ def _run_job(args) -> int:
 
 def _add_bench_train(sub) -> None:
     p = sub.add_parser("train", help="wall time of a fine-tune through Ray Train (1 worker) vs the loop in-process")
-    p.add_argument("--epochs", type=int, default=6, help="long enough for a >= 60 s run on 2 CPU cores")
+    p.add_argument("--epochs", type=int, default=8, help="long enough for a >= 60 s run on 2 CPU cores")
+    p.add_argument("--repeats", type=int, default=2, help="pairs of runs, alternating; the ratio is of the means")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--json", dest="json_path", default=None)
     p.set_defaults(func=_run_bench_train)
@@ -292,7 +293,7 @@ def _add_bench_train(sub) -> None:
 def _run_bench_train(args) -> int:
     from .bench.train import run_bench
 
-    run_bench(args.epochs, args.json_path, args.address)
+    run_bench(args.epochs, args.json_path, args.address, args.repeats)
     return 0
 
 
@@ -375,12 +376,19 @@ def _run_report(args) -> int:
 
 
 def _add_bench_search(sub) -> None:
-    p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA vs plain Optuna vs random search: time to a target")
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=4, help="the most a trial trains")
-    p.add_argument("--preset", default="tiny", help="backbone size of the trials")
-    p.add_argument("--samples-per-class", type=int, default=16, help="synth/hardest training size")
-    p.add_argument("--checkpoint", default=None, help="pre-trained backbone weights for the trials (pretrain.pth)")
+    from .bench.search import DEFAULT_JOB
+
+    p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA vs plain Optuna vs random search: time to a target",
+                       description="By default the quick start's search (its space, base config, pre-trained "
+                                   "backbone, trials, epochs and grace period) three ways; --preset benchmarks "
+                                   "a bare backbone size on search_spaces/cpu_demo.yaml instead.")
+    p.add_argument("--job", default=str(DEFAULT_JOB),
+                   help="benchmark this job file's tune stage (default: %(default)s)")
+    p.add_argument("--preset", default=None, help="instead of --job: this backbone size on the CPU demo space")
+    p.add_argument("--trials", type=int, default=None, help="default: the job's samples (--preset: 8)")
+    p.add_argument("--epochs", type=int, default=None, help="the most a trial trains (default: the job's; --preset: 4)")
+    p.add_argument("--samples-per-class", type=int, default=16, help="--preset: synth/hardest training size")
+    p.add_argument("--checkpoint", default=None, help="--preset: pre-trained backbone weights (pretrain.pth)")
     p.add_argument("--target", type=float, default=None,
                    help="target accuracy (default: the lowest of the methods' best, a level all reached)")
     p.add_argument("--json", dest="json_path", default=None)
@@ -388,10 +396,14 @@ def _add_bench_search(sub) -> None:
 
 
 def _run_bench_search(args) -> int:
-    from .bench.search import run_bench
+    from .bench.search import run_bench, setup_from_job, setup_from_preset
 
-    run_bench(args.trials, args.epochs, args.preset, args.samples_per_class, args.target, args.json_path,
-              args.checkpoint)
+    if args.preset:
+        setup = setup_from_preset(args.preset, args.trials or 8, args.epochs or 4, args.samples_per_class,
+                                  args.checkpoint)
+    else:
+        setup = setup_from_job(args.job, args.trials, args.epochs)
+    run_bench(setup, args.target, args.json_path)
     return 0
 
 

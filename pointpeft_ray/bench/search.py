@@ -3,8 +3,12 @@
 The same trial code (the training loop on a search-space point), the same space and the
 same budget (trials x epochs), three ways:
 - `ray_tune`: Ray Tune + OptunaSearch (TPE) + ASHA, as many trials at once as the CPUs allow;
-- `optuna`: plain in-process Optuna, TPE + a successive-halving pruner, one trial at a time;
+- `optuna`: plain in-process Optuna, TPE + successive halving with ASHA's rungs (same
+  grace period, reduction factor 2), one trial at a time on every core;
 - `random`: random search without early stopping, one trial at a time.
+By default the setting is the quick start's search (jobs/quickstart.yaml: its space, base
+config, pre-trained backbone, trials, epochs and grace period); `--preset` benchmarks a
+bare backbone size on the CPU demo space instead.
 For each: wall time, epochs trained, and the wall time / epochs until the best accuracy
 so far first reached the target (by default the lowest of the three methods' best
 accuracies, i.e. a level every method reached). Also the per-trial start-up cost
@@ -26,7 +30,23 @@ from ..errors import ConfigError
 from ..search.space import SearchSpace
 from .report import format_table, machine_info, write_json
 
-SPACE_FILE = Path(__file__).resolve().parents[2] / "search_spaces" / "cpu_demo.yaml"
+REPOSITORY = Path(__file__).resolve().parents[2]
+SPACE_FILE = REPOSITORY / "search_spaces" / "cpu_demo.yaml"
+DEFAULT_JOB = REPOSITORY / "jobs" / "quickstart.yaml"
+# ASHA's reduction factor in distributed.tune; the plain-Optuna pruner uses the same rungs.
+REDUCTION_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class BenchSetup:
+    """What every method searches: the trials' base config (its epochs: the most a trial
+    trains), the space, the number of trials and the epochs before early stopping."""
+
+    base: TrainConfig
+    space: SearchSpace
+    trials: int
+    grace_period: int
+    label: str
 
 
 @dataclass
@@ -53,23 +73,41 @@ class Timeline:
                 "trials": len({trial for _, trial, _ in self.events})}
 
 
-def bench_space(preset: str) -> SearchSpace:
-    """The CPU demo space, on the benchmark's backbone size."""
+def setup_from_job(path: str | Path, trials: Optional[int] = None, epochs: Optional[int] = None,
+                   echo=print) -> BenchSetup:
+    """The search stage of a job file, on its pre-trained backbone (pre-trained first
+    when the cache lacks it, as `pointpeft-ray run` would)."""
+    from ..jobs.spec import JobSpec
+    from ..pretrain.cache import ensure_pretrained
+
+    job = JobSpec.from_yaml(path)
+    if job.tune is None:
+        raise ConfigError(f"{path}: the job has no tune stage to benchmark")
+    if job.pretrain is not None:
+        job = job.with_pretrained(ensure_pretrained(job.pretrain_config(), echo=echo))
+    base = job.tune_config()
+    if epochs is not None:
+        base = base.replace(optim=base.optim.replace(epochs=epochs))
+    return BenchSetup(base, job.search_space(), trials or job.tune.samples,
+                      min(job.tune.grace_period, base.optim.epochs), f"the search of {path}")
+
+
+def setup_from_preset(preset: str, trials: int, epochs: int, samples_per_class: int,
+                      checkpoint: Optional[str] = None, grace_period: int = 1) -> BenchSetup:
+    """The CPU demo space on a bare backbone size (random init unless `checkpoint`)."""
     raw = yaml.safe_load(SPACE_FILE.read_text())
     raw.setdefault("base", {}).setdefault("model", {})["preset"] = preset
-    return SearchSpace.from_dict(raw, source=f"{SPACE_FILE.name} (preset {preset})")
-
-
-def bench_config(preset: str, epochs: int, samples_per_class: int, cache_dir: str,
-                 checkpoint: Optional[str] = None) -> TrainConfig:
-    return TrainConfig.from_dict({
+    space = SearchSpace.from_dict(raw, source=f"{SPACE_FILE.name} (preset {preset})")
+    base = TrainConfig.from_dict({
         "mode": "peft", "model": {"preset": preset, "checkpoint": checkpoint}, "seed": 0,
-        "data": {"task": "synth/hardest", "cache_dir": cache_dir, "options": {"samples_per_class": samples_per_class}},
+        "data": {"task": "synth/hardest", "options": {"samples_per_class": samples_per_class}},
         "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
     })
+    return BenchSetup(base, space, trials, min(grace_period, epochs),
+                      f"{SPACE_FILE.name} on preset {preset}, synth/hardest ({samples_per_class}/class)")
 
 
-def run_ray_tune(base: TrainConfig, space: SearchSpace, trials: int, storage: str) -> tuple[Timeline, float]:
+def run_ray_tune(setup: BenchSetup, storage: str) -> tuple[Timeline, float]:
     from ray.tune import Callback
 
     from ..distributed.tune import SearchSpec, run_search
@@ -80,23 +118,28 @@ def run_ray_tune(base: TrainConfig, space: SearchSpace, trials: int, storage: st
         def on_trial_result(self, iteration, trials, trial, result, **info):
             timeline.record(trial.trial_id, result)
 
-    spec = SearchSpec(samples=trials, name="bench", storage_path=storage, cpus_per_trial=1, grace_period=1,
-                      max_failures=0)
+    spec = SearchSpec(samples=setup.trials, name="bench", storage_path=storage, cpus_per_trial=1,
+                      grace_period=setup.grace_period, seed=setup.base.seed, max_failures=0)
     start = time.perf_counter()
-    run_search(base, space, spec, echo=lambda *_: None, callbacks=(_Record(),))
+    run_search(setup.base, setup.space, spec, echo=lambda *_: None, callbacks=(_Record(),))
     return timeline, time.perf_counter() - start
 
 
-def run_optuna(base: TrainConfig, space: SearchSpace, trials: int, pruned: bool) -> tuple[Timeline, float]:
-    """Plain Optuna in this process: TPE + successive halving, or random without pruning."""
+def run_optuna(setup: BenchSetup, pruned: bool) -> tuple[Timeline, float]:
+    """Plain Optuna in this process: TPE + successive halving on ASHA's rungs, or random
+    without pruning."""
     import optuna
 
     from ..engine.loop import train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=0) if pruned else optuna.samplers.RandomSampler(seed=0)
-    pruner = optuna.pruners.SuccessiveHalvingPruner() if pruned else optuna.pruners.NopPruner()
+    seed = setup.base.seed
+    sampler = optuna.samplers.TPESampler(seed=seed) if pruned else optuna.samplers.RandomSampler(seed=seed)
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=setup.grace_period,
+                                                     reduction_factor=REDUCTION_FACTOR)
+              if pruned else optuna.pruners.NopPruner())
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    space, base = setup.space, setup.base
     default = space.default_point(base)
     if default:
         study.enqueue_trial(default)
@@ -113,33 +156,33 @@ def run_optuna(base: TrainConfig, space: SearchSpace, trials: int, pruned: bool)
         return train(config, report=report, echo=lambda *_: None).best_accuracy
 
     start = time.perf_counter()
-    study.optimize(objective, n_trials=trials, catch=(ConfigError,))
+    study.optimize(objective, n_trials=setup.trials, catch=(ConfigError,))
     return timeline, time.perf_counter() - start
 
 
-def run_bench(trials: int = 8, epochs: int = 4, preset: str = "tiny", samples_per_class: int = 16,
-              target: Optional[float] = None, json_path: Optional[str] = None, checkpoint: Optional[str] = None,
+def run_bench(setup: BenchSetup, target: Optional[float] = None, json_path: Optional[str] = None,
               echo=print) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..engine.loop import prepare_run
 
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-search-") as tmp:
-        base = bench_config(preset, epochs, samples_per_class, str(Path(tmp) / "cache"), checkpoint)
-        space = bench_space(preset)
         ensure_ray(None)
         start = time.perf_counter()
-        prepare_run(space.base_config(base), echo=lambda *_: None)  # data + bank, paid once
+        prepare_run(setup.space.base_config(setup.base), echo=lambda *_: None)  # data + bank, paid once
         shared = time.perf_counter() - start
-        runs = {"ray_tune": run_ray_tune(base, space, trials, str(Path(tmp) / "ray"))}
-        runs["optuna"] = run_optuna(base, space, trials, pruned=True)
-        runs["random"] = run_optuna(base, space, trials, pruned=False)
+        runs = {"ray_tune": run_ray_tune(setup, str(Path(tmp) / "ray"))}
+        runs["optuna"] = run_optuna(setup, pruned=True)
+        runs["random"] = run_optuna(setup, pruned=False)
     if target is None:  # a level every method reached
         target = min(max((acc for _, _, acc in timeline.events), default=0.0) for timeline, _ in runs.values())
     methods = {name: timeline.summary(wall, target) for name, (timeline, wall) in runs.items()}
     tune_timeline = runs["ray_tune"][0]
+    base = setup.base
     payload = {
-        "benchmark": "search", "machine": machine_info("cpu"), "trials": trials, "epochs": epochs,
-        "preset": preset, "checkpoint": checkpoint, "task": "synth/hardest", "samples_per_class": samples_per_class, "target": target,
+        "benchmark": "search", "machine": machine_info("cpu"), "setting": setup.label,
+        "trials": setup.trials, "epochs": base.optim.epochs, "grace_period": setup.grace_period,
+        "preset": base.model.preset, "checkpoint": base.model.checkpoint, "task": base.data.task,
+        "data_options": dict(base.data.options), "target": target,
         "shared_state_seconds": shared, "methods": methods,
         "ray_trial_setup_seconds": tune_timeline.setup_seconds,
         "ray_trial_bank_seconds": tune_timeline.bank_seconds,
@@ -154,9 +197,9 @@ def run_bench(trials: int = 8, epochs: int = 4, preset: str = "tiny", samples_pe
 
 def _print(payload: dict, echo) -> None:
     methods = payload["methods"]
-    echo(f"search bench: {payload['trials']} trials x {payload['epochs']} epochs, preset {payload['preset']}, "
-         f"synth/hardest ({payload['samples_per_class']}/class), {os.cpu_count()} CPUs; "
-         f"target accuracy {payload['target']:.2f}")
+    echo(f"search bench: {payload['setting']}: {payload['trials']} trials x at most {payload['epochs']} epochs "
+         f"(early stopping from epoch {payload['grace_period']}), preset {payload['preset']}, {payload['task']}, "
+         f"{os.cpu_count()} CPUs; target accuracy {payload['target']:.2f}")
     echo(format_table(["method", "wall s", "epochs", "best acc", "s to target", "epochs to target"], [
         (name, m["wall_seconds"], m["epochs"], m["best_accuracy"], m["seconds_to_target"] or "-",
          m["epochs_to_target"] or "-") for name, m in methods.items()]))
