@@ -34,6 +34,10 @@ def test_every_mode_trains_and_reports(tmp_path, mode):
         assert math.isfinite(last[key]), key
     assert len(last["val_per_class_accuracy"]) == 15
     assert result.best_epoch in (1, 2) and 0 <= result.best_accuracy <= 100
+    # where each epoch's time went: training, evaluation, and the run's clock since train()
+    first, second = reports
+    assert 0 < first["setup_seconds"] < first["elapsed_seconds"] < second["elapsed_seconds"]
+    assert second["train_seconds"] + second["val_seconds"] <= second["elapsed_seconds"] - first["elapsed_seconds"]
     model = build.build_model(tiny_config(tmp_path, mode), 15, echo=lambda *_: None)
     head = sum(p.numel() for p in model.cls_head_finetune.parameters())
     total = sum(p.numel() for p in model.parameters())

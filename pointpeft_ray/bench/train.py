@@ -2,13 +2,16 @@
 
 The same fine-tune (same config, seed and data) is run twice: the loop called
 directly in this process, and through a Ray Train TorchTrainer with one worker that
-gets every CPU of the machine (as the in-process run does). Data and memory-bank
-caches are warmed first, and Ray is started before the clock runs, so what is
-compared is the run itself: worker start-up, DDP set-up, reporting and checkpoints.
+gets every CPU of the machine (as the in-process run does). Both keep the same
+checkpoints (every epoch's state for resuming, the best epoch's export), as a Tune
+trial or a resumable in-process run does. Data and memory-bank caches are warmed
+first, and Ray is started before the clock runs, so what is compared is what Ray
+Train adds: worker start-up, process-group set-up, reporting and checkpoint upload.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,57 +24,106 @@ from .report import format_table, machine_info, write_json
 GOAL_RATIO = 1.10
 
 
-def default_config(epochs: int, cache_dir: str) -> TrainConfig:
-    """PEFT on the small CPU backbone, synth/hardest at reduced size: about a minute in-process."""
+def default_config(epochs: int, cache_dir: str, preset: str = "small", samples_per_class: int = 16) -> TrainConfig:
+    """PEFT on the small CPU backbone, synth/hardest at reduced size: about 16 s an epoch in-process."""
     return TrainConfig.from_dict({
-        "mode": "peft", "model": {"preset": "small"}, "seed": 0,
-        "data": {"task": "synth/hardest", "cache_dir": cache_dir, "options": {"samples_per_class": 16}},
+        "mode": "peft", "model": {"preset": preset}, "seed": 0,
+        "data": {"task": "synth/hardest", "cache_dir": cache_dir, "options": {"samples_per_class": samples_per_class}},
         "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
     })
 
 
-def run_bench(epochs: int = 6, json_path: str | None = None, address: str | None = None, echo=print) -> dict:
+def run_bench(epochs: int = 8, json_path: str | None = None, address: str | None = None, repeats: int = 2,
+              echo=print, preset: str = "small", samples_per_class: int = 16) -> dict:
+    """`repeats` pairs of runs, in-process and Ray alternating (this machine's speed drifts by
+    several percent from run to run); the ratio is of the mean wall times."""
     from ..distributed.cluster import ensure_ray
-    from ..distributed.train import RayRunSpec, fit
-    from ..engine.loop import prepare_run, train
+    from ..engine.loop import prepare_run
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-train-") as tmp:
-        config = default_config(epochs, str(Path(tmp) / "cache"))
+        config = default_config(epochs, str(Path(tmp) / "cache"), preset, samples_per_class)
         prepare_run(config, echo=lambda *_: None)  # warm the data and bank caches
         start = time.perf_counter()
         ensure_ray(address)
         ray_start = time.perf_counter() - start
-
-        start = time.perf_counter()
-        direct = train(config, echo=lambda *_: None)
-        direct_wall = time.perf_counter() - start
-
-        cpus = os.cpu_count() or 1
-        run_spec = RayRunSpec(workers=1, cpus_per_worker=cpus, storage_path=str(Path(tmp) / "ray"), name="bench")
-        start = time.perf_counter()
-        result = fit(config, run_spec)
-        ray_wall = time.perf_counter() - start
-    if result.error is not None:
-        raise RuntimeError(f"the Ray Train run failed: {result.error}")
-    ratio = ray_wall / direct_wall
-    payload = {
-        "benchmark": "train", "machine": machine_info("cpu"), "config": config.model_dump(),
-        "epochs": epochs, "in_process_seconds": direct_wall, "ray_train_seconds": ray_wall,
-        "ratio": ratio, "goal_ratio": GOAL_RATIO, "ray_start_seconds": ray_start,
-        "in_process_best_accuracy": direct.best_accuracy,
-        "ray_train_best_accuracy": float(result.metrics.get("best_accuracy", 0.0)),
-        # the last epoch's training speed: equal speeds mean the gap is a fixed cost
-        "in_process_samples_per_second": direct.history[-1]["train_samples_per_second"],
-        "ray_train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
-    }
-    echo(f"train bench: PEFT, small backbone, synth/hardest ({config.data.options['samples_per_class']} per class), "
-         f"{epochs} epochs, torch threads {torch.get_num_threads()}; Ray started in {ray_start:.1f}s (not counted)")
-    echo(format_table(["run", "wall s", "best acc", "samples/s (last epoch)"], [
-        ("in-process loop", direct_wall, direct.best_accuracy, payload["in_process_samples_per_second"]),
-        ("Ray Train, 1 worker", ray_wall, payload["ray_train_best_accuracy"], payload["ray_train_samples_per_second"]),
-    ]))
-    echo(f"ratio {ratio:.3f} (goal <= {GOAL_RATIO} for a run of >= 60 s)")
+        pairs = []
+        for repeat in range(repeats):
+            pairs.append((_in_process_run(config, Path(tmp) / f"in-process-{repeat}"),
+                          _ray_train_run(config, Path(tmp) / "ray", f"bench-{repeat}")))
+            echo(f"[bench train] pair {repeat + 1}/{repeats}: in-process {pairs[-1][0]['wall_seconds']:.1f} s, "
+                 f"Ray Train {pairs[-1][1]['wall_seconds']:.1f} s")
+    payload = _payload(config, epochs, pairs, ray_start)
+    _print(payload, echo)
     if json_path:
         write_json(json_path, payload)
         echo(f"[bench train] figures written to {json_path}")
     return payload
+
+
+def _in_process_run(config: TrainConfig, run_dir: Path) -> dict:
+    from ..engine.loop import train
+
+    start = time.perf_counter()
+    result = train(config.replace(run_dir=str(run_dir)), echo=lambda *_: None)
+    last = result.history[-1]
+    return {"wall_seconds": time.perf_counter() - start, "loop_seconds": last["elapsed_seconds"],
+            "setup_seconds": result.setup_seconds, "best_accuracy": result.best_accuracy,
+            "samples_per_second": last["train_samples_per_second"], "epoch_seconds": _epoch_seconds(result.history)}
+
+
+def _ray_train_run(config: TrainConfig, storage: Path, name: str) -> dict:
+    from ..distributed.train import RayRunSpec, fit
+
+    spec = RayRunSpec(workers=1, cpus_per_worker=os.cpu_count() or 1, storage_path=str(storage), name=name)
+    start = time.perf_counter()
+    result = fit(config, spec)
+    wall = time.perf_counter() - start
+    if result.error is not None:
+        raise RuntimeError(f"the Ray Train run failed: {result.error}")
+    last = result.metrics
+    # elapsed_seconds: the worker's loop up to its last report; the rest is start-up and teardown
+    return {"wall_seconds": wall, "loop_seconds": float(last["elapsed_seconds"]),
+            "setup_seconds": float(last["setup_seconds"]), "best_accuracy": float(last["best_accuracy"]),
+            "samples_per_second": float(last["train_samples_per_second"])}
+
+
+def _payload(config: TrainConfig, epochs: int, pairs: list[tuple[dict, dict]], ray_start: float) -> dict:
+    def mean(side: int, key: str) -> float:
+        return statistics.mean(pair[side][key] for pair in pairs)
+
+    direct, ray_wall = mean(0, "wall_seconds"), mean(1, "wall_seconds")
+    return {
+        "benchmark": "train", "machine": machine_info("cpu"), "config": config.model_dump(), "epochs": epochs,
+        "repeats": len(pairs), "in_process_seconds": direct, "ray_train_seconds": ray_wall,
+        "ratio": ray_wall / direct, "goal_ratio": GOAL_RATIO, "ray_start_seconds": ray_start,
+        "in_process_loop_seconds": mean(0, "loop_seconds"), "ray_train_loop_seconds": mean(1, "loop_seconds"),
+        "ray_train_outside_loop_seconds": ray_wall - mean(1, "loop_seconds"),
+        "in_process_best_accuracy": pairs[0][0]["best_accuracy"], "ray_train_best_accuracy": pairs[0][1]["best_accuracy"],
+        # the last epoch's training speed: equal speeds mean the gap is a fixed cost
+        "in_process_samples_per_second": mean(0, "samples_per_second"),
+        "ray_train_samples_per_second": mean(1, "samples_per_second"),
+        "pairs": [{"in_process": a, "ray_train": b} for a, b in pairs],
+    }
+
+
+def _print(payload: dict, echo) -> None:
+    config = payload["config"]
+    echo(f"train bench: PEFT, {config['model']['preset']} backbone, {config['data']['task']} "
+         f"({config['data']['options']['samples_per_class']} per class), {payload['epochs']} epochs, torch threads "
+         f"{torch.get_num_threads()}, mean of {payload['repeats']} alternating pair(s); "
+         f"Ray started in {payload['ray_start_seconds']:.1f}s (not counted)")
+    echo(format_table(["run", "wall s", "loop s", "best acc", "samples/s (last epoch)"], [
+        ("in-process loop", payload["in_process_seconds"], payload["in_process_loop_seconds"],
+         payload["in_process_best_accuracy"], payload["in_process_samples_per_second"]),
+        ("Ray Train, 1 worker", payload["ray_train_seconds"], payload["ray_train_loop_seconds"],
+         payload["ray_train_best_accuracy"], payload["ray_train_samples_per_second"]),
+    ]))
+    echo(f"ratio {payload['ratio']:.3f} (goal <= {GOAL_RATIO} for a run of >= 60 s); the Ray run spent "
+         f"{payload['ray_train_outside_loop_seconds']:.1f} s outside the worker's loop (start-up, teardown)")
+
+
+def _epoch_seconds(history: list[dict]) -> list[float]:
+    ends = [row["elapsed_seconds"] for row in history]
+    return [round(end - start, 2) for start, end in zip([history[0]["setup_seconds"], *ends], ends)]

@@ -146,8 +146,10 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
                        "setup_seconds": result.setup_seconds, "bank_seconds": result.bank_seconds}
             is_best = False
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs:
+                eval_start = time.perf_counter()
                 evaluation = evaluate(model, test_loader, device, num_classes=train_data.num_classes,
                                       views=views, augment=vote_augment, seed=config.seed)
+                evaluation["seconds"] = time.perf_counter() - eval_start
                 metrics.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class_accuracy"})
                 metrics["val_per_class_accuracy"] = evaluation["per_class_accuracy"]
                 is_best = evaluation["accuracy"] > result.best_accuracy or result.best_epoch < 0
@@ -155,6 +157,8 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
                     result.best_accuracy, result.best_epoch = evaluation["accuracy"], epoch + 1
             metrics["best_accuracy"] = result.best_accuracy
             metrics["best_epoch"] = result.best_epoch
+            # since train() was called: under Ray, what the loop took of the run's wall time
+            metrics["elapsed_seconds"] = time.perf_counter() - start_time
             result.history.append(metrics)
             scalars.log_epoch(metrics)
             context.report(metrics, snapshot, is_best)
@@ -290,4 +294,4 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, devi
                                             device=device))
     loss_sum, hits, seen = (float(v) for v in totals)
     return {"loss": loss_sum / max(1, seen), "accuracy": 100.0 * hits / max(1, seen),
-            "samples_per_second": seen / max(seconds, 1e-9)}
+            "samples_per_second": seen / max(seconds, 1e-9), "seconds": seconds}

@@ -10,9 +10,10 @@ def format_epoch(metrics: dict) -> str:
     """One line per epoch, for the console."""
     val = f"  val acc {metrics['val_accuracy']:.2f} (best {metrics['best_accuracy']:.2f})" \
         if "val_accuracy" in metrics else ""
+    elapsed = f"  [{metrics['elapsed_seconds']:.0f} s]" if "elapsed_seconds" in metrics else ""
     return (f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  train acc "
             f"{metrics['train_accuracy']:.2f}{val}  lr {metrics['lr']:.2e}  "
-            f"{metrics['train_samples_per_second']:.1f} samples/s")
+            f"{metrics['train_samples_per_second']:.1f} samples/s{elapsed}")
 
 
 @dataclass
