@@ -7,11 +7,14 @@ resumes from its run directory, so rerunning continues where it stopped.
 
     python scripts/experiments_acceptance.py [--preset small|tiny] [--epochs 10] [--seeds 0 1 2]
         [--variants objbg hardest] [--modes peft full linear] [--samples-per-class N]
+        [--pretrain-epochs N] [--head-hidden N] [--out DIR]
 
 --preset small (default): configs/synth_small_*.yaml and configs/pretrain_synth_small.yaml
 (about an hour of CPU per seed). --preset tiny: the quick start's backbone and
 pre-training (jobs/quickstart.yaml, shared cache), 40 clouds per class, each mode at its
-own lr (TINY_LR); about 10 minutes for the whole table on 2 cores.
+own lr (TINY_LR); about 10 minutes for the whole table on 2 cores. --head-hidden narrows
+the classification head (published: 256 wide, which alone is most of what PEFT trains on a
+64-wide backbone); one --out folder per setting (the script refuses to mix them).
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=["peft", "full", "linear"])
     p.add_argument("--samples-per-class", type=int, default=None, help="synthetic training size (default: the suite's)")
     p.add_argument("--preset", choices=["small", "tiny"], default="small")
+    p.add_argument("--head-hidden", type=int, default=None,
+                   help="hidden width of the classification head (default: the published 256); on a CPU-sized "
+                        "backbone the published head alone is a large share of the parameters")
     p.add_argument("--out", default=None, help="default: runs/acceptance (small), runs/acceptance-tiny (tiny)")
     args = p.parse_args()
     args.out = args.out or str(ROOT / "runs" / ("acceptance" if args.preset == "small" else "acceptance-tiny"))
@@ -80,7 +86,8 @@ def cell_config(mode: str, variant: str, seed: int, checkpoint: str, args, out: 
         options = {"samples_per_class": args.samples_per_class} if args.samples_per_class else {}
     return config.replace(
         seed=seed, run_dir=str(out / "cells" / f"{variant}-{mode}-seed{seed}"),
-        model={**config.model.model_dump(), "checkpoint": checkpoint},
+        model={**config.model.model_dump(), "checkpoint": checkpoint,
+               "backbone": {**config.model.backbone, **({"head_hidden": args.head_hidden} if args.head_hidden else {})}},
         data={**config.data.model_dump(), "task": f"synth/{variant}", "options": options},
         optim=config.optim.replace(epochs=args.epochs).model_dump(),
     )
@@ -123,6 +130,13 @@ def main() -> int:
     results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
     checkpoint, manifest = pretrained_checkpoint(args)
     results["pretrain"] = {"checkpoint": checkpoint, **{k: manifest.get(k) for k in ("epochs", "final_loss", "wall_seconds")}}
+    # Cells of other settings must not pass for these: one output folder per setting.
+    settings = {"preset": args.preset, "head_hidden": args.head_hidden, "checkpoint": checkpoint,
+                "samples_per_class": args.samples_per_class}
+    if results.setdefault("settings", settings) != settings:
+        print(f"{path} holds cells of other settings ({results['settings']}); these are {settings}: "
+              f"pass another --out", file=sys.stderr)
+        return 2
     print(f"pre-trained backbone: {checkpoint} ({results['pretrain']})", flush=True)
     # Seed-major: a complete one-seed table comes first, later seeds refine it.
     for seed in args.seeds:

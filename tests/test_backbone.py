@@ -34,6 +34,17 @@ def test_point_bert_variant_has_reduce_dim_and_its_head(tiny_config):
     assert model.eval()(random_clouds(2, 128, 0)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("style", ["point_mae", "point_bert"])
+def test_head_hidden_width_is_configurable_and_defaults_to_the_published_256(tiny_config, style):
+    published = FullFinetuneClassifier(tiny_config.replace(head_style=style), 5).cls_head_finetune
+    assert published[0].out_features == 256
+    narrow = FullFinetuneClassifier(tiny_config.replace(head_style=style, head_hidden=32), 5)
+    assert narrow.cls_head_finetune[0].out_features == 32 and narrow.cls_head_finetune[-1].in_features == 32
+    assert narrow.eval()(random_clouds(2, 128, 0)).shape == (2, 5)
+    with pytest.raises(ConfigError, match="head_hidden"):
+        tiny_config.replace(head_hidden=0)
+
+
 def test_forward_shapes_and_drop_path_only_in_training(tiny_config):
     model = FullFinetuneClassifier(tiny_config, 7)
     points = random_clouds(3, 200, 1)

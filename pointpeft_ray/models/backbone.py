@@ -28,6 +28,7 @@ class BackboneConfig(StrictConfig):
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
     mlp_ratio: float = Field(4.0, gt=0.0)
     head_style: Literal["point_mae", "point_bert"] = "point_mae"
+    head_hidden: int = Field(256, ge=8, description="hidden width of the classification head (published: 256)")
     fps_start: Literal["first", "random"] = "first"
 
     @model_validator(mode="after")
@@ -246,15 +247,15 @@ class PointMAEBackbone(nn.Module):
 
 def build_cls_head(config: BackboneConfig, num_classes: int) -> nn.Sequential:
     """The published classification head (`cls_head_finetune`)."""
-    width = 2 * config.trans_dim
+    width, hidden = 2 * config.trans_dim, config.head_hidden
     if config.head_style == "point_bert":
         return nn.Sequential(
-            nn.Linear(width, 256), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(256, num_classes)
+            nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(hidden, num_classes)
         )
     return nn.Sequential(
-        nn.Linear(width, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(256, num_classes),
+        nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(hidden, num_classes),
     )
 
 
