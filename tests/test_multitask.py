@@ -86,3 +86,18 @@ def test_tasks_take_the_pretrained_weights_from_the_object_store_not_the_file(lo
     backbone.load_state_dict(weights)
     # the adapter's recorded backbone fingerprint matches these weights (from_adapter checks it)
     PointPEFTModel.from_adapter(backbone, outcome["row"]["adapter_path"])
+
+
+def test_a_two_worker_task_with_a_memory_bank_builds_it_in_a_task_of_its_own(local_ray, tmp_path):
+    # The launcher of a multi-worker run holds no CPU: the bank is built by a task that does.
+    config = _config(tmp_path, "synth/objbg", options={"samples_per_class": 4, "points": 256})
+    config = config.replace(peft={**config.peft, "memory_bank": True},
+                            optim=config.optim.replace(batch_size=16).model_dump())  # split over 2 workers
+    assert config.uses_memory_bank()
+    rows = run_tasks([TaskRun("ddp", config, cpus=1, workers=2)], tmp_path / "tasks", echo=lambda *_: None)
+    row = rows[0]
+    assert row["status"] == "completed", row.get("error")
+    assert row["epochs"] == 2 and row["trainable_params"] > 0
+    model = PointPEFTModel.from_adapter(build_seeded_model(config, 15, echo=lambda *_: None).backbone,
+                                        row["adapter_path"])
+    assert model.get_nb_trainable_parameters()[0] == row["trainable_params"]

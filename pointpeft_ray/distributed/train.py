@@ -1,7 +1,8 @@
 """Fine-tuning on Ray Train: the same loop as in-process, run by TorchTrainer workers.
 
 Before the workers start, the memory bank (PEFT with a bank) is built once (on the
-driver for CPU runs, in a one-GPU Ray task for GPU runs) and handed to every worker
+driver for CPU runs, else in a Ray task with one worker's resources: a GPU, or the CPUs
+that a launcher task holding none lacks) and handed to every worker
 through the object store, so N workers never build it N times, a restarted worker
 doesn't rebuild it, and workers on other nodes need no shared cache.
 """
@@ -101,11 +102,11 @@ def _worker_loop(loop_config: dict) -> None:
     train(config, context=context, echo=worker_echo, bank=bank, pretrained=shared_tensors(loop_config.get("weights")))
 
 
-def _prepare_on_gpu(config_dict: dict, weights=None):
+def _prepare_in_task(config_dict: dict, weights=None, device: str = "cpu"):
     from ..engine.loop import prepare_run
     from .weights import shared_tensors
 
-    return prepare_run(TrainConfig.from_dict(config_dict), device="cuda", pretrained=shared_tensors(weights))
+    return prepare_run(TrainConfig.from_dict(config_dict), device=device, pretrained=shared_tensors(weights))
 
 
 def prepare_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
@@ -118,11 +119,14 @@ def prepare_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
 
     if not config.uses_memory_bank():
         return None
-    if not spec.use_gpu:
-        # CPU workers would compute it at the same speed: do it here and save a process start.
+    if not spec.use_gpu and ray.get_runtime_context().worker.mode == ray.SCRIPT_MODE:
+        # CPU workers would compute it at the same speed: do it in the driver and save a process start.
         return ray.put(prepare_run(config, pretrained=shared_tensors(weights)))
-    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(_prepare_on_gpu)
-    return ray.put(ray.get(task.remote(config.model_dump(), weights)))
+    # On a GPU, or called from a task that holds no CPU of its own (the multi-task launcher
+    # of a multi-worker run): a task with one worker's resources builds it.
+    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker if spec.use_gpu else 0,
+                      max_retries=0)(_prepare_in_task)
+    return ray.put(ray.get(task.remote(config.model_dump(), weights, "cuda" if spec.use_gpu else "cpu")))
 
 
 def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:
