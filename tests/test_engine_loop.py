@@ -1,4 +1,5 @@
 """The training loop as a plain function of a config (in-process)."""
+import json
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 
 from pointpeft_ray.engine import build
 from pointpeft_ray.engine.config import TrainConfig
-from pointpeft_ray.engine.loop import ADAPTER_DIR, MODEL_FILE, TrainingDivergedError, build_seeded_model, train
+from pointpeft_ray.engine.loop import (ADAPTER_DIR, MODEL_FILE, RESTORED_EPOCHS_KEY, TrainingDivergedError,
+                                       build_seeded_model, train)
 from pointpeft_ray.errors import ConfigError
 from pointpeft_ray.models.peft.model import PointPEFTModel
 from tests.test_tasks import write_scanobjectnn
@@ -103,6 +105,12 @@ def test_rerun_with_the_same_run_dir_resumes_exactly(tmp_path, mode):
     assert any("[resume] from epoch 2" in m for m in messages)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == first.history
+    # the first report after the resume carries the restored epochs (for a search's record);
+    # the run's own history stays as it was
+    restored = json.loads(reports[0][RESTORED_EPOCHS_KEY])
+    assert [row["epoch"] for row in restored] == [1, 2]
+    assert restored[1]["val_accuracy"] == pytest.approx(first.history[1]["val_accuracy"])
+    assert RESTORED_EPOCHS_KEY not in resumed.history[-1]
     straight = train(tiny_config(tmp_path, mode, optim=longer), echo=lambda *_: None)
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert resumed.history[-1][key] == pytest.approx(straight.history[-1][key], rel=1e-5), key

@@ -80,3 +80,69 @@ def test_resume_without_a_search_is_a_clear_error(local_ray, tmp_path):
     spec = SearchSpec(samples=1, name="nothing", storage_path=str(tmp_path / "runs"))
     with pytest.raises(Exception, match="no search to resume"):
         run_search(_base(tmp_path), _space(tmp_path), spec, resume=True, echo=lambda *_: None)
+
+
+def _kill_group_and_ray(process, ray_tmp: str) -> None:
+    """SIGKILL the driver's process group and every Ray process of its session folder
+    (only this test's: they name `ray_tmp` on their command lines)."""
+    import os
+    import signal
+
+    import psutil
+
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if ray_tmp in " ".join(p.info["cmdline"] or [])]
+    for p in leftovers:
+        p.kill()
+    psutil.wait_procs(leftovers, timeout=30)
+
+
+def test_a_killed_search_driver_resumes_with_every_trial_exactly_once(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump(_base(tmp_path).replace(optim={"epochs": 3, "warmup_epochs": 1,
+                                                                     "batch_size": 15}).model_dump(mode="json")))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"base": {"mode": "peft"}, "parameters": {
+        "optim.lr": {"type": "float", "low": 5.0e-4, "high": 5.0e-3, "log": True}}}))
+    command = [sys.executable, "-m", "pointpeft_ray.cli", "tune", str(config), "--space", str(space),
+               "--samples", "6", "--no-asha", "--name", "killed", "--storage", str(tmp_path / "runs")]
+    trials_file = tmp_path / "runs" / "killed" / "trials.parquet"
+    ray_tmp = tempfile.mkdtemp(prefix="pr-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if trials_file.is_file() and (pd.read_parquet(trials_file).status == "completed").sum() >= 2:
+                break
+            time.sleep(0.5)
+        assert process.poll() is None, "the search ended before it could be killed"
+        finished_before = set(pd.read_parquet(trials_file).query("status == 'completed'").trial_id)
+        assert 2 <= len(finished_before) < 6
+        _kill_group_and_ray(process, ray_tmp)
+
+        resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        _kill_group_and_ray(process, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    trials = pd.read_parquet(trials_file)  # an independent reader
+    assert len(trials) == 6 and trials.trial_id.is_unique and (trials.status == "completed").all()
+    assert finished_before <= set(trials.trial_id)  # nothing finished before the kill was lost
+    epochs = pd.read_parquet(tmp_path / "runs" / "killed" / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()  # no epoch counted twice
+    assert sorted(epochs.groupby("trial_id").epoch.apply(sorted).tolist()) == [[1, 2, 3]] * 6

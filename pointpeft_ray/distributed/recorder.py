@@ -4,10 +4,13 @@ Every reported epoch becomes a row of `epochs.parquet`, every trial a row of
 `trials.parquet`; both are rewritten atomically when a trial finishes or fails (and at
 most every few seconds while results arrive), so a reader sees a consistent table of a
 running search. On `--resume` the callback starts from the tables already written, and
-rows are keyed by (trial, epoch), so nothing is lost or counted twice.
+rows are keyed by (trial, epoch), so nothing is counted twice. A killed driver may not have
+written its last few seconds of reports; a trial resumed from its checkpoint reports the
+epochs that checkpoint holds (engine.loop.RESTORED_EPOCHS_KEY), which fills them in.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Optional
 from ray.tune import Callback
 
 from ..engine.config import TrainConfig
+from ..engine.loop import RESTORED_EPOCHS_KEY
 from ..errors import ResultsError
 from ..results.best_config import best_trial, write_best_config
 from ..results.storage import is_uri
@@ -57,8 +61,11 @@ class SearchRecorder(Callback):
         if "trainable_params" in result:
             record["trainable_params"] = int(result["trainable_params"])
         record["wall_seconds"] = float(result.get("time_total_s") or 0.0)
-        row = {key: result.get(key) for key in _EPOCH_KEYS if key != "trial_id"}
-        self.epochs[(trial.trial_id, int(result["epoch"]))] = {"trial_id": trial.trial_id, **row}
+        for earlier in json.loads(result.get(RESTORED_EPOCHS_KEY) or "[]"):
+            # a trial resumed from its checkpoint: epochs reported before the driver was killed,
+            # which the tables written then may lack
+            self.epochs.setdefault((trial.trial_id, int(earlier["epoch"])), self._epoch_row(trial.trial_id, earlier))
+        self.epochs[(trial.trial_id, int(result["epoch"]))] = self._epoch_row(trial.trial_id, result)
         if time.time() - self._last_write > WRITE_EVERY_S:
             self.write()
 
@@ -82,6 +89,10 @@ class SearchRecorder(Callback):
         self.write()
 
     # --- the record ---
+
+    @staticmethod
+    def _epoch_row(trial_id: str, metrics: dict) -> dict:
+        return {"trial_id": trial_id, **{key: metrics.get(key) for key in _EPOCH_KEYS if key != "trial_id"}}
 
     def _record(self, trial) -> dict:
         params = {k: v for k, v in trial.config.items() if k in set(self.space.parameter_names())}

@@ -6,6 +6,7 @@ rank / world size for data sharding).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from .tensorboard import ScalarLogger
 Reporter = Callable[[dict], None]
 ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
 MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
+# In the first report after a resume: the restored epochs' metrics (JSON, a list of rows).
+RESTORED_EPOCHS_KEY = "restored_epochs_json"
 VOTING_AUGMENTATION = "scale_translate"  # test-time voting: scaled and shifted copies of each cloud
 
 
@@ -159,9 +162,14 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
             metrics["best_epoch"] = result.best_epoch
             # since train() was called: under Ray, what the loop took of the run's wall time
             metrics["elapsed_seconds"] = time.perf_counter() - start_time
+            reported = metrics
+            if epoch == start_epoch > 0:
+                # A resumed run: the epochs its checkpoint holds, for a record (a search's
+                # epochs table) that may have lost the last reports before an interruption.
+                reported = {**metrics, RESTORED_EPOCHS_KEY: json.dumps(result.history, default=float)}
             result.history.append(metrics)
             scalars.log_epoch(metrics)
-            context.report(metrics, snapshot, is_best)
+            context.report(reported, snapshot, is_best)
     finally:
         scalars.close()
     result.final = result.history[-1] if result.history else {}
