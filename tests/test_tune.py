@@ -141,7 +141,8 @@ def test_a_killed_search_driver_resumes_with_every_trial_exactly_once(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     trials = pd.read_parquet(trials_file)  # an independent reader
-    assert len(trials) == 6 and trials.trial_id.is_unique and (trials.status == "completed").all()
+    assert len(trials) == 6 and trials.trial_id.is_unique
+    assert (trials.status == "completed").all(), trials[trials.status != "completed"].error.tolist()
     assert finished_before <= set(trials.trial_id)  # nothing finished before the kill was lost
     epochs = pd.read_parquet(tmp_path / "runs" / "killed" / "epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()  # no epoch counted twice

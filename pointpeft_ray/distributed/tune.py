@@ -127,9 +127,11 @@ def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, wei
     path = spec.experiment_dir()
     if not ray.tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no search to resume at {path} (run it once without --resume)")
-    # Unfinished trials continue from their checkpoints; finished and errored ones are kept as they are.
+    # Unfinished trials continue from their checkpoints, and so do errored ones: a killed
+    # driver's trials can be marked errored as their processes die with it. A trial that
+    # failed on its own fails again and is recorded so; finished trials are kept as they are.
     return ray.tune.Tuner.restore(path, trainable=_trainable(base, space, spec, weights), resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+                                  resume_errored=True, restart_errored=False)
 
 
 def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
