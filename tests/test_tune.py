@@ -116,8 +116,9 @@ def test_a_killed_search_driver_resumes_with_every_trial_exactly_once(tmp_path):
     space.write_text(yaml.safe_dump({"base": {"mode": "peft"}, "parameters": {
         "optim.lr": {"type": "float", "low": 5.0e-4, "high": 5.0e-3, "log": True}}}))
     command = [sys.executable, "-m", "pointpeft_ray.cli", "tune", str(config), "--space", str(space),
-               "--samples", "6", "--no-asha", "--name", "killed", "--storage", str(tmp_path / "runs")]
+               "--samples", "6", "--no-asha", "--max-concurrent", "1", "--name", "killed", "--storage", str(tmp_path / "runs")]
     trials_file = tmp_path / "runs" / "killed" / "trials.parquet"
+    # one trial at a time: several trials' time lies between the kill and the search's end
     ray_tmp = tempfile.mkdtemp(prefix="pr-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)

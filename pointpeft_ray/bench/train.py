@@ -70,7 +70,7 @@ def _in_process_run(config: TrainConfig, run_dir: Path) -> dict:
     last = result.history[-1]
     return {"wall_seconds": time.perf_counter() - start, "loop_seconds": last["elapsed_seconds"],
             "setup_seconds": result.setup_seconds, "best_accuracy": result.best_accuracy,
-            "samples_per_second": last["train_samples_per_second"], "epoch_seconds": _epoch_seconds(result.history)}
+            "samples_per_second": last["train_samples_per_second"]}
 
 
 def _ray_train_run(config: TrainConfig, storage: Path, name: str) -> dict:
@@ -123,7 +123,3 @@ def _print(payload: dict, echo) -> None:
     echo(f"ratio {payload['ratio']:.3f} (goal <= {GOAL_RATIO} for a run of >= 60 s); the Ray run spent "
          f"{payload['ray_train_outside_loop_seconds']:.1f} s outside the worker's loop (start-up, teardown)")
 
-
-def _epoch_seconds(history: list[dict]) -> list[float]:
-    ends = [row["elapsed_seconds"] for row in history]
-    return [round(end - start, 2) for start, end in zip([history[0]["setup_seconds"], *ends], ends)]
