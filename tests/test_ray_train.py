@@ -119,3 +119,28 @@ def test_killed_worker_resumes_from_last_checkpoint_and_finishes(local_ray, tiny
     history = _state(result.checkpoint)["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # each epoch once, none lost
     assert all(not w.is_running() for w in workers)
+
+
+def test_embedded_ray_gets_the_train_settings_and_a_users_own_win(monkeypatch):
+    """ensure_ray without an address starts Ray with Ray Train's fast health checks and
+    without the per-run preemption watcher (one node nothing drains); a value the user
+    set is kept. Ray itself is not started here: ray.init is replaced."""
+    import ray
+
+    from pointpeft_ray.distributed.cluster import ensure_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs, env=dict(os.environ)))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    ensure_ray(None)
+    assert seen["address"] == "local" and seen["_node_ip_address"] == "127.0.0.1"
+    assert seen["env"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert seen["env"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
+    # a cluster given by address is the user's: nothing is set for it
+    seen.clear()
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+    ensure_ray("127.0.0.1:6379")
+    assert seen["address"] == "127.0.0.1:6379" and "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in seen["env"]
