@@ -20,6 +20,7 @@ dashboard listens on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -82,7 +83,7 @@ def test_plan_of_a_job_in_a_project(tmp_path):
     # The project around the job file is uploaded, and the job runs from inside it.
     assert plan.working_dir == project.resolve()
     assert plan.entrypoint == "python -m pointpeft_ray.cli run jobs/tiny.yaml"
-    assert plan.submission_id == "pointpeft-tiny-20260102-030405"
+    assert re.fullmatch(r"pointpeft-tiny-20260102-030405-[0-9a-f]{4}", plan.submission_id)
     env = plan.runtime_env
     assert env["working_dir"] == str(project.resolve())
     assert env["pip"] == ["rich==13.7.1"] and env["env_vars"] == {"POINTPEFT_CACHE": "/data/cache"}
@@ -129,8 +130,11 @@ def test_a_home_folder_under_git_is_not_a_project(tmp_path, monkeypatch):
 
 
 def test_submission_ids():
-    assert default_submission_id("multitask_synth", datetime(2026, 11, 28, 23, 5, 9)) \
-        == "pointpeft-multitask_synth-20261128-230509"
+    when = datetime(2026, 11, 28, 23, 5, 9)
+    ids = {default_submission_id("multitask_synth", when) for _ in range(20)}
+    # the same job submitted twice within a second must not get the same id
+    assert len(ids) > 1
+    assert all(re.fullmatch(r"pointpeft-multitask_synth-20261128-230509-[0-9a-f]{4}", sid) for sid in ids)
     assert default_submission_id("x").startswith(f"pointpeft-x-{datetime.now():%Y%m%d}")
 
 

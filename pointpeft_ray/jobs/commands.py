@@ -16,7 +16,7 @@ def add_cluster_commands(commands) -> None:
     p.add_argument("--working-dir", default=None,
                    help="folder to upload, holding the job file (default: the job's runtime_env.working_dir, "
                         "else the project around the job file: the nearest folder with .git or pyproject.toml)")
-    p.add_argument("--submission-id", default=None, help="default: pointpeft-NAME-YYYYmmdd-HHMMSS")
+    p.add_argument("--submission-id", default=None, help="default: pointpeft-NAME-YYYYmmdd-HHMMSS-xxxx (xxxx: 4 random hex digits)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="also leave out of the upload (gitignore syntax, relative to the working dir; repeatable)")
     wait = p.add_mutually_exclusive_group()

@@ -9,7 +9,7 @@
 - the runtime env: the job's `runtime_env` (pip, env_vars) and the working dir, uploaded
   without what a cluster never needs (UPLOAD_EXCLUDES, the job's local storage folder;
   Ray also leaves out .git, .venv, venv, __pycache__ and what .gitignore / .rayignore name);
-- a readable submission id, `pointpeft-NAME-YYYYmmdd-HHMMSS` (or the caller's).
+- a readable submission id, `pointpeft-NAME-YYYYmmdd-HHMMSS-xxxx` (or the caller's).
 
 The working dir is `--working-dir`, else the job's `runtime_env.working_dir`, else the
 project the job file lives in: the nearest folder above it holding `.git` or
@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -127,8 +128,9 @@ def plan_submission(job_file: str | Path, working_dir: str | Path | None = None,
 
 
 def default_submission_id(job_name: str, now: datetime | None = None) -> str:
-    """`pointpeft-NAME-YYYYmmdd-HHMMSS` (local time)."""
-    return f"pointpeft-{job_name}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    """`pointpeft-NAME-YYYYmmdd-HHMMSS-xxxx` (local time, 4 random hex digits: the same job
+    submitted twice within a second gets two ids, not "id already taken")."""
+    return f"pointpeft-{job_name}-{(now or datetime.now()):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 def default_working_dir(job_file: str | Path) -> Path:
