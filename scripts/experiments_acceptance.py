@@ -7,14 +7,16 @@ resumes from its run directory, so rerunning continues where it stopped.
 
     python scripts/experiments_acceptance.py [--preset small|tiny] [--epochs 10] [--seeds 0 1 2]
         [--variants objbg hardest] [--modes peft full linear] [--samples-per-class N]
-        [--pretrain-epochs N] [--head-hidden N] [--out DIR]
+        [--pretrain-epochs N] [--head-hidden N] [--peft KEY=VALUE ...] [--lr MODE=LR ...] [--out DIR]
 
 --preset small (default): configs/synth_small_*.yaml and configs/pretrain_synth_small.yaml
 (about an hour of CPU per seed). --preset tiny: the quick start's backbone and
 pre-training (jobs/quickstart.yaml, shared cache), 40 clouds per class, each mode at its
 own lr (TINY_LR); about 10 minutes for the whole table on 2 cores. --head-hidden narrows
 the classification head (published: 256 wide, which alone is most of what PEFT trains on a
-64-wide backbone); one --out folder per setting (the script refuses to mix them).
+64-wide backbone); --peft sets Point-PEFT options of the PEFT cells (e.g. adapter_dim=4:
+the published r = 16 is C/24 on the 384-wide backbone, C/4 on the 64-wide one). One --out
+folder per setting (the script refuses to mix them).
 """
 from __future__ import annotations
 
@@ -47,10 +49,38 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--head-hidden", type=int, default=None,
                    help="hidden width of the classification head (default: the published 256); on a CPU-sized "
                         "backbone the published head alone is a large share of the parameters")
+    p.add_argument("--peft", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="Point-PEFT options for the PEFT cells (validated like a config's peft section)")
+    p.add_argument("--lr", nargs="+", default=[], metavar="MODE=LR",
+                   help="a mode's learning rate instead of its default (tiny: TINY_LR; small: its config)")
     p.add_argument("--out", default=None, help="default: runs/acceptance (small), runs/acceptance-tiny (tiny)")
     args = p.parse_args()
+    args.peft = parse_key_values(p, "--peft", args.peft)
+    args.lr = {mode: parse_lr(p, mode, lr) for mode, lr in parse_key_values(p, "--lr", args.lr).items()}
     args.out = args.out or str(ROOT / "runs" / ("acceptance" if args.preset == "small" else "acceptance-tiny"))
     return args
+
+
+def parse_key_values(parser, flag: str, items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"{flag} expects KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def parse_lr(parser, mode: str, value) -> float:
+    try:
+        lr = float(value)  # YAML reads 2e-3 as a string
+    except (TypeError, ValueError):
+        lr = -1.0
+    if mode not in ("peft", "full", "linear") or lr <= 0:
+        parser.error(f"--lr expects MODE=LR with MODE peft, full or linear and LR > 0, got {mode}={value}")
+    return lr
 
 
 # Each mode at its own lr on the tiny backbone (8-10 epochs): PEFT and the linear probe
@@ -84,12 +114,14 @@ def cell_config(mode: str, variant: str, seed: int, checkpoint: str, args, out: 
     else:
         config = TrainConfig.from_yaml(ROOT / "configs" / f"synth_small_{mode}.yaml")
         options = {"samples_per_class": args.samples_per_class} if args.samples_per_class else {}
+    optim = config.optim.replace(epochs=args.epochs, **({"lr": args.lr[mode]} if mode in args.lr else {}))
     return config.replace(
         seed=seed, run_dir=str(out / "cells" / f"{variant}-{mode}-seed{seed}"),
         model={**config.model.model_dump(), "checkpoint": checkpoint,
                "backbone": {**config.model.backbone, **({"head_hidden": args.head_hidden} if args.head_hidden else {})}},
         data={**config.data.model_dump(), "task": f"synth/{variant}", "options": options},
-        optim=config.optim.replace(epochs=args.epochs).model_dump(),
+        optim=optim.model_dump(),
+        peft={**config.peft, **(args.peft if mode == "peft" else {})},
     )
 
 
@@ -132,7 +164,8 @@ def main() -> int:
     results["pretrain"] = {"checkpoint": checkpoint, **{k: manifest.get(k) for k in ("epochs", "final_loss", "wall_seconds")}}
     # Cells of other settings must not pass for these: one output folder per setting.
     settings = {"preset": args.preset, "head_hidden": args.head_hidden, "checkpoint": checkpoint,
-                "samples_per_class": args.samples_per_class}
+                "samples_per_class": args.samples_per_class, **({"peft": args.peft} if args.peft else {}),
+                **({"lr": args.lr} if args.lr else {})}
     if results.setdefault("settings", settings) != settings:
         print(f"{path} holds cells of other settings ({results['settings']}); these are {settings}: "
               f"pass another --out", file=sys.stderr)
