@@ -71,18 +71,10 @@ def _add_data_source_args(p) -> None:
 def _load_splits(args) -> dict:
     from .data.tasks import get_task, load_task_split
 
-    spec = get_task(args.task).with_options(**_parse_options(args.option))
+    from .configuration import parse_key_values
+
+    spec = get_task(args.task).with_options(**parse_key_values(args.option, "--option"))
     return {split: load_task_split(spec, split, args.root, args.cache_dir, args.allow_pickle) for split in spec.splits}
-
-
-def _parse_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PointPEFTError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = int(value) if value.lstrip("-").isdigit() else value
-    return options
 
 
 def _run_data_prepare(args) -> int:

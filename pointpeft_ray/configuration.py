@@ -61,6 +61,19 @@ def read_yaml_mapping(path: str | Path) -> dict:
     return raw
 
 
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` command-line items as a mapping, each value read as a YAML scalar
+    (200 -> int, 0.5 -> float, false -> bool, anything else a string); the configs
+    that receive them validate the values."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        values[key] = yaml.safe_load(value) if value else value
+    return values
+
+
 def _reject_unknown_keys(cls: type[BaseModel], data: Mapping[str, Any], where: str) -> None:
     valid = list(cls.model_fields)
     unknown = [k for k in data if k not in valid]

@@ -30,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pointpeft_ray import configuration  # noqa: E402
 from pointpeft_ray.atomic import atomic_write_text  # noqa: E402
 from pointpeft_ray.engine.config import TrainConfig  # noqa: E402
+from pointpeft_ray.errors import ConfigError  # noqa: E402
 from pointpeft_ray.engine.loop import train  # noqa: E402
 from pointpeft_ray.pretrain.cache import ensure_pretrained, read_manifest  # noqa: E402
 from pointpeft_ray.pretrain.config import PretrainConfig  # noqa: E402
@@ -62,15 +64,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def parse_key_values(parser, flag: str, items: list[str]) -> dict:
-    import yaml
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"{flag} expects KEY=VALUE, got {item!r}")
-        options[key] = yaml.safe_load(value)
-    return options
+    try:
+        return configuration.parse_key_values(items, flag)
+    except ConfigError as err:
+        parser.error(str(err))
 
 
 def parse_lr(parser, mode: str, value) -> float:
