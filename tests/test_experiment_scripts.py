@@ -49,3 +49,13 @@ def test_bad_peft_options_are_named(monkeypatch, tmp_path, capsys):
     args = _args(script, monkeypatch, "--preset", "tiny", "--peft", "adapter_dims=4", "--out", str(tmp_path))
     with pytest.raises(ConfigError, match="adapter_dims"):
         script.cell_config("peft", "objbg", 0, "/some/pretrain.pth", args, tmp_path)
+
+
+def test_pretraining_options_reach_the_pretrain_config(monkeypatch, tmp_path):
+    script = _script()
+    default = script.pretrain_config(_args(script, monkeypatch, "--preset", "tiny", "--out", str(tmp_path)))
+    changed = script.pretrain_config(_args(script, monkeypatch, "--preset", "tiny", "--pretrain-epochs", "7",
+                                           "--pretrain-samples-per-class", "200", "--out", str(tmp_path)))
+    assert changed.optim.epochs == 7 and changed.data.options["samples_per_class"] == 200
+    assert changed.data.task == default.data.task == "synth/clean"
+    assert changed.data.options["points"] == default.data.options["points"]  # the rest is kept
