@@ -69,9 +69,8 @@ def _add_data_source_args(p) -> None:
 
 
 def _load_splits(args) -> dict:
-    from .data.tasks import get_task, load_task_split
-
     from .configuration import parse_key_values
+    from .data.tasks import get_task, load_task_split
 
     spec = get_task(args.task).with_options(**parse_key_values(args.option, "--option"))
     return {split: load_task_split(spec, split, args.root, args.cache_dir, args.allow_pickle) for split in spec.splits}
