@@ -274,15 +274,30 @@ def _free_ports(count: int, host: str) -> list[int]:
 
 
 def _free_range(size: int, host: str) -> int:
-    """The first port of `size` consecutive ports that are free now (for Ray's workers)."""
+    """The first port of `size` consecutive ports that are free now (for Ray's workers).
+
+    Drawn below the kernel's ephemeral range, so neither the single ports `_free_ports` gets from
+    the kernel nor any outgoing connection can land inside it (Ray refuses a node whose worker
+    ports overlap another of its ports).
+    """
+    floor = 11000  # above Ray's fixed defaults (dashboard 8265, client server 10001), which a node still lists
+    ceiling = max(_ephemeral_port_range()[0], 2 * floor)  # an unusually low ephemeral range: rare collisions
     for _ in range(50):
-        start = secrets.randbelow(20000) + 20000
+        start = secrets.randbelow(ceiling - floor - size) + floor
         try:
             _free_ports_at(host, range(start, start + size))
             return start
         except OSError:
             continue
     raise RuntimeError("no free port range")
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def _free_ports_at(host: str, ports) -> None:
@@ -297,9 +312,14 @@ def _free_ports_at(host: str, ports) -> None:
             sock.close()
 
 
-def _node_args(name: str, ip: str, root: Path) -> list[str]:
-    ports = _free_ports(6, ip)
+def _node_args(name: str, ip: str, root: Path, taken: frozenset[int] = frozenset()) -> list[str]:
+    """`ray start` options for one node; its ports are distinct from each other and from `taken`,
+    since Ray refuses a node whose components share a port number (even on different addresses)."""
     low = _free_range(40, ip)
+    taken = taken | set(range(low, low + 40))
+    ports = _free_ports(6, ip)
+    while taken & set(ports):  # the kernel may hand out a number `taken` holds on another address
+        ports = _free_ports(6, ip)
     return ["--node-ip-address", ip, "--num-cpus", "1", "--num-gpus", "0", "--temp-dir", str(root / name),
             "--object-store-memory", str(200 * 1024 ** 2), "--disable-usage-stats",
             "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
@@ -395,7 +415,8 @@ def cluster():
         gcs_port, dashboard_port, client_port = _free_ports(3, "127.0.0.1")
         _ray_start(["--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
                     str(dashboard_port), "--ray-client-server-port", str(client_port),
-                    *_node_args("head", HEAD_IP, root)], env, groups)
+                    *_node_args("head", HEAD_IP, root, frozenset((gcs_port, dashboard_port, client_port)))],
+                   env, groups)
         _ray_start(["--address", f"{HEAD_IP}:{gcs_port}", *_node_args("worker", WORKER_IP, root)], env, groups)
         address = f"http://127.0.0.1:{dashboard_port}"
         token = token_file.read_text()
