@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 from pointpeft_ray import configuration  # noqa: E402
 from pointpeft_ray.atomic import atomic_write_text  # noqa: E402
 from pointpeft_ray.engine.config import TrainConfig  # noqa: E402
-from pointpeft_ray.errors import ConfigError  # noqa: E402
 from pointpeft_ray.engine.loop import train  # noqa: E402
+from pointpeft_ray.errors import ConfigError  # noqa: E402
 from pointpeft_ray.pretrain.cache import ensure_pretrained, read_manifest  # noqa: E402
 from pointpeft_ray.pretrain.config import PretrainConfig  # noqa: E402
 

@@ -281,7 +281,7 @@ def _free_range(size: int, host: str) -> int:
     ports overlap another of its ports).
     """
     floor = 11000  # above Ray's fixed defaults (dashboard 8265, client server 10001), which a node still lists
-    ceiling = max(_ephemeral_port_range()[0], 2 * floor)  # an unusually low ephemeral range: rare collisions
+    ceiling = max(_ephemeral_port_floor(), 2 * floor)  # an unusually low ephemeral range: rare collisions
     for _ in range(50):
         start = secrets.randbelow(ceiling - floor - size) + floor
         try:
@@ -292,12 +292,12 @@ def _free_range(size: int, host: str) -> int:
     raise RuntimeError("no free port range")
 
 
-def _ephemeral_port_range() -> tuple[int, int]:
+def _ephemeral_port_floor() -> int:
+    """The lowest port the kernel hands out for bind(port 0) and outgoing connections."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _free_ports_at(host: str, ports) -> None:
