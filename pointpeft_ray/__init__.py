@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BackboneConfig": ".models", "PointMAEBackbone": ".models", "FullFinetuneClassifier": ".models",
     "load_checkpoint": ".models", "PointPEFTConfig": ".models.peft", "PointPEFTModel": ".models.peft",
-    "get_peft_model": ".models.peft", "MemoryBank": ".models.peft",
+    "get_peft_model": ".models.peft", "MemoryBank": ".models.peft", "load_published_pointpeft": ".models.peft",
 }
 
 __all__ = [*_LAZY, "PointPEFTError", "ConfigError", "CheckpointError", "MemoryBankError", "__version__"]

@@ -432,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(commands)
     from .serving.commands import add_predict_command
     add_predict_command(commands)
+    from .serving.convert import add_convert_command
+    add_convert_command(commands)
     _add_run(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
     _add_data(data.add_subparsers(dest="data", required=True))

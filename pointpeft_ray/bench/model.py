@@ -170,7 +170,7 @@ def _grouping_seconds(model, points, variant, device, repeats: int = 3) -> float
         _sync(device)
         start = time.perf_counter()
         _, centres = model.backbone.group(points)
-        token_geometry(centres, conf.subcentres_for(centres.shape[1]), conf.neighbours, conf.interp_neighbours)
+        token_geometry(centres, conf)
         _sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]

@@ -22,7 +22,7 @@ from ..models.ops import farthest_point_sample, gather_points
 from .cache import cache_path, default_cache_dir, load_or_build
 from .loader import BatchLoader
 from .split import PointSplit
-from .transforms import build_augmentation
+from .transforms import build_augmentation, build_augmentation_for
 
 LOADER_VERSION = 1
 SCANOBJECTNN_FILES = {
@@ -121,16 +121,19 @@ def load_task_split(
 
 
 def task_loader(spec: TaskSpec, data: PointSplit, split: str, batch_size: int, *, seed: int = 0,
-                rank: int = 0, world_size: int = 1, augment: str | None = None) -> BatchLoader:
+                rank: int = 0, world_size: int = 1, augment: str | None = None, recipe: str = "ours",
+                all_points: bool = False) -> BatchLoader:
     """The loader a task's recipe asks for: training shuffles, subsamples at random
-    and augments; evaluation reads the first `num_points` (FPS order where cached so)."""
+    and augments (`augment` as named, else the task's augmentation as `recipe` does
+    it); evaluation reads the first `num_points` (FPS order where cached so), or
+    every point with `all_points` (published voting draws its own subsets)."""
     num_points = spec.num_points if data.points_per_sample > spec.num_points else None
     if split == "train":
+        transform = build_augmentation(augment) if augment else build_augmentation_for(spec.train_augment, recipe)
         return BatchLoader(data, batch_size, shuffle=True, drop_last=True, seed=seed, num_points=num_points,
-                           subsample="random", augment=build_augmentation(augment or spec.train_augment),
-                           rank=rank, world_size=world_size)
-    return BatchLoader(data, batch_size, num_points=num_points, subsample="first", rank=rank, world_size=world_size,
-                       pad_shards=False)
+                           subsample="random", augment=transform, rank=rank, world_size=world_size)
+    return BatchLoader(data, batch_size, num_points=None if all_points else num_points, subsample="first",
+                       rank=rank, world_size=world_size, pad_shards=False)
 
 
 def _cache_key(spec: TaskSpec, split: str, root: Path | None, allow_pickle: bool) -> dict:

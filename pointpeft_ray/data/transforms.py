@@ -38,16 +38,30 @@ class ScaleTranslate:
 
 @dataclass(frozen=True)
 class RotateUp:
-    """Random rotation about the up (y) axis, the ScanObjectNN "-aug" recipe."""
+    """Random rotation about the up (y) axis, the ScanObjectNN "-aug" recipe: an
+    angle per cloud, or one for the whole batch (`per_batch`, as published)."""
 
     max_angle: float = math.pi
+    per_batch: bool = False
 
     def __call__(self, points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        angle = _uniform((points.shape[0],), -self.max_angle, self.max_angle, gen, points)
+        draws = 1 if self.per_batch else points.shape[0]
+        angle = _uniform((draws,), -self.max_angle, self.max_angle, gen, points).expand(points.shape[0])
         cos, sin = angle.cos(), angle.sin()
         zero, one = torch.zeros_like(angle), torch.ones_like(angle)
         rot = torch.stack([cos, zero, sin, zero, one, zero, -sin, zero, cos], dim=-1).view(-1, 3, 3)
         return points @ rot.transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class ShufflePoints:
+    """A fresh random order of each cloud's points. The grouping's farthest point
+    sampling starts at the first point, so this also moves its start (published
+    ScanObjectNN loader)."""
+
+    def __call__(self, points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        order = torch.rand(points.shape[:2], generator=gen).argsort(dim=1).to(points.device)
+        return torch.gather(points, 1, order.unsqueeze(-1).expand_as(points))
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,14 @@ AUGMENTATIONS: dict[str, Callable[[], Transform]] = {
     "rotate": RotateUp,
     "rotate_scale_translate": lambda: Compose((RotateUp(), ScaleTranslate())),
     "jitter": Jitter,
+    # The published ScanObjectNN training: points shuffled per cloud every epoch,
+    # anisotropic scale U(0.9, 1.1) per cloud, one rotation about y per batch.
+    "published_scanobjectnn": lambda: Compose((ShufflePoints(), ScaleTranslate(0.9, 1.1, 0.0),
+                                              RotateUp(per_batch=True))),
 }
+# What the published recipe does where ours uses each augmentation (ModelNet40's
+# scale + translate is the same in both).
+PUBLISHED_AUGMENTATIONS = {"rotate": "published_scanobjectnn"}
 
 
 def build_augmentation(name: str) -> Transform:
@@ -123,13 +144,51 @@ def build_augmentation(name: str) -> Transform:
     return AUGMENTATIONS[name]()
 
 
-def voting_views(points: torch.Tensor, views: int, transform: Transform, gen: torch.Generator) -> list[torch.Tensor]:
-    """Test-time voting: `views` augmented copies of the batch (the first unchanged);
-    the caller averages the predictions over them."""
+def build_augmentation_for(name: str, recipe: str) -> Transform:
+    """The augmentation `name` as the recipe ("ours" or "published") does it."""
+    return build_augmentation(PUBLISHED_AUGMENTATIONS.get(name, name) if recipe == "published" else name)
+
+
+def voting_views(points: torch.Tensor, views: int, transform: Transform, gen: torch.Generator,
+                 keep_first: bool = True) -> list[torch.Tensor]:
+    """Test-time voting: `views` augmented copies of the batch (with `keep_first`, the
+    first is the batch unchanged); the caller averages the predictions over them."""
     if views < 1:
         raise ValueError(f"voting needs at least one view, got {views}")
-    return [points] + [transform(points, gen) for _ in range(views - 1)]
+    first = [points] if keep_first else []
+    return first + [transform(points, gen) for _ in range(views - len(first))]
 
 
-def compose(steps: Sequence[Transform]) -> Transform:
-    return Compose(tuple(steps))
+@dataclass(frozen=True)
+class Voting:
+    """How evaluation makes its views of the test clouds.
+
+    Ours: the first `num_points` of each cloud (the prepared clouds are in FPS order
+    where longer), and with voting, scale-and-translate copies of them, the first
+    unchanged. Published (Point-MAE / Point-PEFT runners): one view is the farthest
+    point sampling of `num_points` (which also replaces points its kernel skips, within
+    sqrt(1e-3) of the origin, by repeats of point 0); with voting, every view a fresh
+    random `num_points` of the cloud's points (e.g. 1,024 of ModelNet40's 1,200),
+    scaled and translated.
+    """
+
+    views: int
+    recipe: str = "ours"
+    num_points: int | None = None
+
+    @property
+    def draws_points(self) -> bool:
+        """The views choose their points: the clouds come with all of them."""
+        return self.recipe == "published" and self.num_points is not None
+
+    def views_of(self, points: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        if self.draws_points:
+            if self.views == 1:
+                return [Subsample(min(self.num_points, points.shape[1]), "fps")(points, gen)]
+            draw = Compose((Subsample(min(self.num_points, points.shape[1]), "random"), ScaleTranslate()))
+            return voting_views(points, self.views, draw, gen, keep_first=False)
+        if self.num_points is not None and points.shape[1] > self.num_points:
+            points = points[:, :self.num_points]
+        if self.views == 1:
+            return [points]
+        return voting_views(points, self.views, ScaleTranslate(), gen)

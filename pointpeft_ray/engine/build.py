@@ -51,13 +51,20 @@ def set_train_mode(model: nn.Module, training: bool) -> None:
                 module.eval()
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on 1-D parameters, biases and tokens (published recipe)."""
+def parameter_groups(model: nn.Module, weight_decay: float, recipe: str = "ours") -> list[dict]:
+    """No weight decay on 1-D parameters and biases; ours also spares every learned
+    token (cls token and position, prompt tokens). The published rule spares names
+    holding 'token' only, which leaves the prompt tokens (`prompt_embeddings`),
+    cls_pos and the prompt coordinates decayed: in our names, only the cls token."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or "token" in name or name.endswith("cls_pos"):
+        if recipe == "published":
+            spared = name.endswith("cls_token")
+        else:
+            spared = "token" in name or name.endswith("cls_pos")
+        if param.ndim <= 1 or name.endswith(".bias") or spared:
             no_decay.append(param)
         else:
             decay.append(param)
@@ -65,8 +72,21 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def lr_at(epoch: int, config: TrainConfig) -> float:
-    """Linear warm-up from warmup_start_lr, then cosine down to min_lr (per epoch)."""
+    """The learning rate of (0-based) `epoch`.
+
+    Ours: linear warm-up from warmup_start_lr over warmup_epochs, then cosine from
+    lr to min_lr over the remaining epochs. Published (timm CosineLRScheduler, stepped
+    after each epoch): epoch e trains at f(max(e - 1, 0)), where f warms up the same
+    way and its cosine counts from epoch 0 over all `epochs`.
+    """
     o = config.optim
+    if getattr(config, "recipe", "ours") == "published":  # pre-training configs have no recipe
+        step = max(epoch - 1, 0)
+        if step < o.warmup_epochs:
+            return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * step / o.warmup_epochs
+        if step >= o.epochs:
+            return o.min_lr
+        return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * step / o.epochs))
     if epoch < o.warmup_epochs:
         return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * epoch / o.warmup_epochs
     span = max(1, o.epochs - o.warmup_epochs)

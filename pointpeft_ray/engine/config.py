@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from ..configuration import StrictConfig
 from ..errors import ConfigError
 from ..models.backbone import BackboneConfig
-from ..models.peft.config import PointPEFTConfig
+from ..models.peft.config import PointPEFTConfig, peft_preset
 from ..models.presets import PRESETS
 
 
@@ -50,7 +50,8 @@ class DataSection(StrictConfig):
     root: Optional[str] = Field(None, description="folder of the downloaded dataset (real datasets)")
     cache_dir: Optional[str] = None
     allow_pickle: bool = False
-    augment: Optional[str] = Field(None, description="training augmentation; None = the task's recipe")
+    augment: Optional[str] = Field(None, description="training augmentation as named; None = the task's, as the "
+                                   "recipe does it (published: ScanObjectNN's rotate is published_scanobjectnn)")
     voting_views: Optional[int] = Field(None, ge=1, description="test-time views; None = the task's recipe")
     options: dict = Field(default_factory=dict,
                           description="task options, e.g. samples_per_class / points / seed of a synthetic task")
@@ -83,8 +84,13 @@ class OptimSection(ScheduleSection):
 
 class TrainConfig(StrictConfig):
     mode: Literal["peft", "full", "linear"] = "peft"
+    recipe: Literal["ours", "published"] = Field(
+        "ours", description="published: the published code's training recipe (augmentation, point order, "
+        "voting, weight-decay rule, schedule) and PEFT behaviour (peft preset 'published' unless peft.preset "
+        "says otherwise); see docs/published_compatibility.md")
     model: ModelSection = Field(default_factory=ModelSection)
-    peft: dict = Field(default_factory=dict, description="PointPEFTConfig fields (over the preset's)")
+    peft: dict = Field(default_factory=dict, description="PointPEFTConfig fields (over the model preset's), and "
+                       "optionally preset: ours | published (the published behaviour switches)")
     data: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     seed: int = 0
@@ -119,4 +125,7 @@ class TrainConfig(StrictConfig):
         return Path(self.run_dir) / "tensorboard" if self.run_dir else None
 
     def peft_config(self) -> PointPEFTConfig:
-        return PointPEFTConfig.from_dict({**self.model.peft_defaults(), **self.peft}, where="peft")
+        fields = dict(self.peft)
+        preset = fields.pop("preset", None) or self.recipe
+        return PointPEFTConfig.from_dict({**self.model.peft_defaults(), **peft_preset(preset), **fields},
+                                         where="peft")

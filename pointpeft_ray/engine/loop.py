@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tasks import get_task, load_task_split, task_loader
-from ..data.transforms import build_augmentation, voting_views
+from ..data.transforms import Voting
 from ..errors import PointPEFTError
 from ..models.peft.memory_bank import MemoryBank
 from ..models.peft.model import PointPEFTModel
@@ -32,7 +32,6 @@ ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
 MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
 # In the first report after a resume: the restored epochs' metrics (JSON, a list of rows).
 RESTORED_EPOCHS_KEY = "restored_epochs_json"
-VOTING_AUGMENTATION = "scale_translate"  # test-time voting: scaled and shifted copies of each cloud
 
 
 class TrainingDivergedError(PointPEFTError):
@@ -52,13 +51,18 @@ class RunResult:
     bank_seconds: float = 0.0
 
 
-def voted_logits(model, points: torch.Tensor, views: int, augment, gen: torch.Generator) -> torch.Tensor:
-    """Logits averaged over `views` test-time copies of `points` (one view: the points as given)."""
-    inputs = voting_views(points, views, augment, gen) if views > 1 else [points]
+def voted_logits(model, points: torch.Tensor, voting: Voting, gen: torch.Generator) -> torch.Tensor:
+    """Logits averaged over the voting views of `points` (one view: the points as given)."""
+    inputs = voting.views_of(points, gen)
     return torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
 
 
-def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=None, seed: int = 0) -> dict:
+def voting_for(config: TrainConfig, spec) -> Voting:
+    """Test-time voting of a run: its views (config, else the task's) made as its recipe does."""
+    return Voting(config.data.voting_views or spec.voting_views, config.recipe, spec.num_points)
+
+
+def evaluate(model, loader, device, num_classes: int, voting: Voting | None = None, seed: int = 0) -> dict:
     """Overall accuracy, mean class accuracy, per-class accuracy and loss.
 
     Under DDP each rank evaluates its own shard (unpadded: every sample counts once)
@@ -73,7 +77,7 @@ def evaluate(model, loader, device, num_classes: int, views: int = 1, augment=No
     with torch.no_grad():
         for batch in loader:
             batch = batch.to(device)
-            logits = voted_logits(model, batch.points, views, augment, gen)
+            logits = voted_logits(model, batch.points, voting or Voting(1), gen)
             loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum")
             total.index_add_(0, batch.labels, torch.ones_like(batch.labels, dtype=torch.float64))
             hits = (logits.argmax(-1) == batch.labels).double()
@@ -124,14 +128,15 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
                        total_params=sum(p.numel() for p in model.parameters()),
                        bank_seconds=time.perf_counter() - bank_start)
     model = context.wrap_model(model)
-    optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
+    optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay, config.recipe),
+                                  lr=config.optim.lr)
     start_epoch = _restore(context, model, optimizer, result, echo)
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
-    train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed,
-                               rank=context.rank, world_size=context.world_size, augment=config.data.augment)
-    test_loader = task_loader(spec, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size)
-    views = config.data.voting_views or spec.voting_views
-    vote_augment = build_augmentation(VOTING_AUGMENTATION)
+    train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
+                               world_size=context.world_size, augment=config.data.augment, recipe=config.recipe)
+    voting = voting_for(config, spec)
+    test_loader = task_loader(spec, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size,
+                              all_points=voting.draws_points)
     use_bf16 = config.bf16 and device.type == "cuda"
     scalars = ScalarLogger(config.tensorboard_dir() if context.rank == 0 else None)
     snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
@@ -151,7 +156,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.optim.epochs:
                 eval_start = time.perf_counter()
                 evaluation = evaluate(model, test_loader, device, num_classes=train_data.num_classes,
-                                      views=views, augment=vote_augment, seed=config.seed)
+                                      voting=voting, seed=config.seed)
                 evaluation["seconds"] = time.perf_counter() - eval_start
                 metrics.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class_accuracy"})
                 metrics["val_per_class_accuracy"] = evaluation["per_class_accuracy"]
@@ -194,7 +199,8 @@ def prepare_run(config: TrainConfig, device: str = "cpu", echo=print, pretrained
         return None
     model = build_seeded_model(config, train_data.num_classes, echo=lambda *_: None, pretrained=pretrained).to(device)
     bank = attach_bank(model, spec, train_data, config, echo)
-    bank.max_features, bank.cls_features = bank.max_features.cpu(), bank.cls_features.cpu()
+    bank.max_features = bank.max_features.cpu()
+    bank.cls_features = None if bank.cls_features is None else bank.cls_features.cpu()
     return bank
 
 

@@ -36,10 +36,11 @@ from .sections import (FinetuneSection, Label, PretrainSection, ResourcesSection
                        TaskEntry, TuneSection)
 
 STAGES = ("pretrain", "tune", "finetune", "multitask")
-# Baselines a fine-tune can run beside its chosen config. `published`: Point-PEFT with
-# the published settings (scaled by the preset), whatever the base's peft section says.
-BASELINES: dict[str, dict] = {"published": {"mode": "peft", "peft": {}}, "full": {"mode": "full"},
-                              "linear": {"mode": "linear"}}
+# Baselines a fine-tune can run beside its chosen config. `published`: Point-PEFT as
+# the published code trains it (recipe and PEFT behaviour; sizes scaled by the preset),
+# whatever the base's peft section and recipe say.
+BASELINES: dict[str, dict] = {"published": {"mode": "peft", "peft": {}, "recipe": "published"},
+                              "full": {"mode": "full"}, "linear": {"mode": "linear"}}
 # Backbone fields that decide the shapes (or, for heads, the meaning) of pre-trained
 # weights. The patch count and size do not: the published runs pre-train on 64 patches
 # and fine-tune on 128.

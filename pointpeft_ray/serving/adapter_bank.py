@@ -19,7 +19,8 @@ index with its folders or the new one with its folders, never a mix.
 
 Reading (`AdapterBank`) builds the backbone once and gives every entry its own small
 PEFT modules and head on that same backbone object. The few backbone tensors an adapter
-tunes (BitFit biases, cls token, final norm) are swapped in place when another entry
+tunes (BitFit biases, cls token, final norm; BatchNorm statistics under the published
+frozen_batchnorm='train') are swapped in place when another entry
 becomes active: the pre-trained values are restored first, then the entry's own.
 """
 from __future__ import annotations
@@ -475,7 +476,10 @@ class AdapterBank:
         record = self.entry(name)
         if name not in self._models:
             folder = self.directory / record["adapter"]
-            self._active = None  # loading writes the adapter's backbone tensors
+            # Its fingerprint is checked against the pre-trained backbone, and loading
+            # writes the adapter's backbone tensors.
+            self._set_backbone({})
+            self._active = None
             try:
                 with torch.random.fork_rng(devices=[]):  # fresh modules draw before the load
                     model = PointPEFTModel.from_adapter(self.backbone, folder)
@@ -485,8 +489,8 @@ class AdapterBank:
                 raise AdapterBankError(f"{self.index_path}: entry {name!r}: the index says "
                                        f"{record['num_classes']} classes, the adapter has {model.num_classes}")
             model.to(self.device).eval()
-            tuned = set(model.trainable_backbone)
-            overrides = {key: p.detach().clone() for key, p in self.backbone.named_parameters() if key in tuned}
+            tuned = set(model.tuned_backbone)  # trained tensors, and BatchNorm statistics where they moved
+            overrides = {key: t.detach().clone() for key, t in self.backbone.state_dict().items() if key in tuned}
             self._models[name] = (model, overrides)
         model, overrides = self._models[name]
         self._activate(name, overrides)
@@ -495,22 +499,28 @@ class AdapterBank:
     def _activate(self, name: str, overrides: dict[str, torch.Tensor]) -> None:
         if self._active == name:
             return
-        params = dict(self.backbone.named_parameters())
-        with torch.no_grad():
-            # Back to the pre-trained values first: this entry may tune fewer tensors.
-            for key, value in self.backbone.pretrained_reference.items().items():
-                params[key].copy_(value)
-            for key, value in overrides.items():
-                params[key].copy_(value)
+        self._set_backbone(overrides)
         self._active = name
         self.swaps += 1
 
+    def _set_backbone(self, overrides: dict[str, torch.Tensor]) -> None:
+        tensors = self.backbone.state_dict(keep_vars=True)
+        # Kept by the first adapter built on this backbone; none yet: still pristine.
+        reference = getattr(self.backbone, "pretrained_reference", None)
+        with torch.no_grad():
+            # Back to the pre-trained values first: this entry may tune fewer tensors.
+            for key, value in (reference.items().items() if reference is not None else ()):
+                tensors[key].copy_(value)
+            for key, value in overrides.items():
+                tensors[key].copy_(value)
+
     # ---- prediction ----------------------------------------------------------
-    def preprocess(self, name: str, points) -> torch.Tensor:
+    def preprocess(self, name: str, points, all_points: bool = False) -> torch.Tensor:
         """Clouds (N, P, 3) or one (P, 3) as the test loader feeds them: the first
         `num_points` of each (the task's prepared clouds are stored in FPS order where
-        they are longer), nothing else (centring and scaling happen when a task's data is
-        prepared, so pass clouds as the task's cache holds them)."""
+        they are longer), or every point with `all_points` (published voting draws its
+        own), nothing else (centring and scaling happen when a task's data is prepared,
+        so pass clouds as the task's cache holds them)."""
         record = self.entry(name)
         clouds = torch.from_numpy(np.array(points, dtype=np.float32))  # a copy: memory-mapped splits are read-only
         if clouds.ndim == 2:
@@ -527,31 +537,31 @@ class AdapterBank:
         if clouds.shape[1] < max(conf.num_group, conf.group_size):
             raise DataFormatError(f"clouds of {clouds.shape[1]} points are too small for this backbone "
                                   f"(num_group {conf.num_group}, group_size {conf.group_size})")
-        if clouds.shape[1] > record["num_points"]:
+        if clouds.shape[1] > record["num_points"] and not all_points:
             clouds = clouds[:, :record["num_points"]]
         return clouds.contiguous()
 
     def predict(self, name: str, points, batch_size: int | None = None, views: int | None = None,
                 seed: int | None = None) -> Prediction:
         """Classify clouds with entry `name`. Defaults repeat the run's evaluation: its batch
-        size, its test-time voting views (scale-and-translate copies averaged) and seed."""
-        from ..data.transforms import build_augmentation
-        from ..engine.loop import VOTING_AUGMENTATION, voted_logits
+        size, its test-time voting views (made as its recipe makes them, averaged) and seed."""
+        from ..data.transforms import Voting
+        from ..engine.loop import voted_logits
 
         record = self.entry(name)
         batch_size = batch_size or record["eval_batch_size"]
         views = views or record["voting_views"]
         if batch_size < 1 or views < 1:
             raise PointPEFTError(f"batch size and views must be at least 1, got {batch_size} and {views}")
-        clouds = self.preprocess(name, points)
+        voting = Voting(views, (record.get("config") or {}).get("recipe", "ours"), record["num_points"])
+        clouds = self.preprocess(name, points, all_points=voting.draws_points)
         model = self.model_for(name)
-        augment = build_augmentation(VOTING_AUGMENTATION)
         gen = torch.Generator().manual_seed(record["eval_seed"] if seed is None else seed)
         outputs = []
         with torch.no_grad():
             for start in range(0, clouds.shape[0], batch_size):
                 batch = clouds[start:start + batch_size].to(self.device)
-                outputs.append(voted_logits(model, batch, views, augment, gen).cpu())
+                outputs.append(voted_logits(model, batch, voting, gen).cpu())
         logits = torch.cat(outputs)
         return Prediction(logits.argmax(-1).numpy(), logits.softmax(-1).numpy())
 

@@ -1,7 +1,11 @@
-"""PointPEFTConfig: every Point-PEFT knob, with the published defaults.
+"""PointPEFTConfig: every Point-PEFT knob.
 
 Kept separate from the code that injects modules (as in HF PEFT), so a search
 space can refer to these field names and a saved adapter carries its config.
+The sizes default to the published ones; where our code differs from the
+published code in behaviour, a field names the difference and
+`PointPEFTConfig.published()` selects the published behaviour for all of
+them (docs/published_compatibility.md lists each with its measured effect).
 """
 from __future__ import annotations
 
@@ -18,6 +22,15 @@ class PointPEFTConfig(StrictConfig):
     prompt_length: int = Field(10, ge=0, le=256, description="P: prompt tokens per prompted block (0 = no prompt)")
     prompt_depth: int = Field(6, ge=0, description="L: prompted blocks, counted from the first")
     prompt_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    prompt_dropout_on: Literal["prompt", "tokens"] = Field(
+        "prompt", description="dropout on the whole prompt (tokens + bank term), or on the learnable tokens "
+        "alone before the bank term is added (published)")
+    prompt_coordinates: bool = Field(
+        False, description="published: P learnable xyz coordinates joined to the points before grouping; the "
+        "prompted blocks take their adapter neighbourhoods from that grouping over [prompts, patches]")
+    prompt_row_offset: Literal["per_sample", "published"] = Field(
+        "per_sample", description="with prompt_coordinates: rows of sample b start at b*(G+P) (fix) or at b*G, "
+        "as published, so later samples read their neighbours' rows")
     prompt_init_std: float = Field(0.02, gt=0.0)
     prompt_adapter_width: int = Field(8, ge=1, description="bottleneck of the prompt adapter (C -> w -> C)")
     memory_bank: bool = Field(True, description="enrich prompts from the training-set memory bank")
@@ -31,13 +44,23 @@ class PointPEFTConfig(StrictConfig):
         description="query feature while training: the sample's cached bank feature (no extra pass), "
         "or a frozen backbone pass on the augmented points (published)",
     )
-    bank_normalize: bool = Field(True, description="cosine similarity (fix); False = published raw dot product")
+    bank_normalize: bool = Field(
+        True, description="cosine similarity (fix); False = published: unit-length query . raw bank rows")
+    bank_encoder: Literal["finetune", "pretrain"] = Field(
+        "finetune", description="bank features and queries from the fine-tune grouping with the cls token, or "
+        "from the pre-training encoder (no cls token, bank_num_group patches, max over tokens; published)")
+    bank_num_group: Optional[int] = Field(
+        None, ge=2, description="patches of the pretrain bank encoder; None = the backbone's num_group")
     exclude_self: bool = Field(True, description="while training, a sample never retrieves itself (fix)")
     bank_seed: int = 0
 
     # Geometry-aware Adapter (SPEC 2b)
     geometry_adapter: bool = True
     adapter_dim: int = Field(16, ge=1, description="r: bottleneck width of the adapters")
+    adapter_init: Literal["zero", "xavier"] = Field(
+        "zero", description="zero: adapters start as identity/zero (up-projection zeroed); xavier: "
+        "Xavier-uniform weights, N(0, 1e-6) biases (published)")
+    adapter_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout inside each bottleneck (published 0.1)")
     mlp_adapter_scale: float = Field(0.7, description="a: weight of the adapter parallel to the MLP")
     centre_scale: float = Field(0.3, description="c: weight of the sub-centre's own token")
     propagate_scale: float = Field(0.3, description="p: weight of the propagated neighbourhood feature")
@@ -45,8 +68,19 @@ class PointPEFTConfig(StrictConfig):
     neighbours: int = Field(16, ge=1, description="k: tokens per sub-centre neighbourhood")
     neighbour_heads: int = Field(6, ge=1)
     neighbour_head_dim: int = Field(3, ge=1)
+    neighbour_scale: Literal["head_dim", "total_dim"] = Field(
+        "head_dim", description="attention scale head_dim^-0.5, or (heads*head_dim)^-0.5 (published 18^-0.5)")
     pooling: Literal["max", "max_mean"] = "max"
-    interp_neighbours: int = Field(3, ge=1, description="sub-centres used by inverse-distance propagation")
+    propagation: Literal["inverse_distance", "inverse_square"] = Field(
+        "inverse_distance", description="propagation weights 1/(d + 1e-8), or 1/(d^2 + 1e-8) (published, PointNet++)")
+    interp_neighbours: Optional[int] = Field(
+        3, ge=1, description="sub-centres used by propagation; None = all of them (published)")
+    drop_path_style: Literal["ours", "published"] = Field(
+        "ours", description="ours: drop-path on the attention and on the MLP + adapter branch; published: none on "
+        "attention, on the MLP before its adapter, and on the neighbourhood attention")
+    frozen_batchnorm: Literal["eval", "train"] = Field(
+        "eval", description="the frozen patch encoder's BatchNorm while training: running statistics (eval), or "
+        "batch statistics with running statistics following the downstream data (train; published)")
 
     # What else trains besides the PEFT modules and the head
     train_bias: bool = Field(True, description="BitFit: biases of norm1, norm2, attn.proj, mlp.fc1, mlp.fc2")
@@ -64,11 +98,20 @@ class PointPEFTConfig(StrictConfig):
             raise ValueError("memory_bank=True needs prompt_length >= 3 (the bank feeds the prompts)")
         if self.bank_size is not None and self.memory_bank and self.top_k > self.bank_size - int(self.exclude_self):
             raise ValueError(f"top_k ({self.top_k}) is larger than the usable bank (bank_size={self.bank_size})")
+        if self.bank_encoder == "pretrain" and self.bank_source == "cls":
+            raise ValueError("bank_source='cls' needs bank_encoder='finetune': the pre-training encoder has no cls token")
+        if self.prompt_coordinates and not self.uses_prompt:
+            raise ValueError("prompt_coordinates=True needs prompts (prompt_length and prompt_depth >= 1)")
         if self.num_subcentres is not None and self.neighbours > self.num_subcentres:
             raise ValueError(
                 f"neighbours ({self.neighbours}) must be <= num_subcentres ({self.num_subcentres})"
             )
         return self
+
+    @classmethod
+    def published(cls, **changes) -> "PointPEFTConfig":
+        """Every behaviour as the published code has it (sizes from `changes` or the defaults)."""
+        return cls(**{**PUBLISHED_BEHAVIOUR, **changes})
 
     @property
     def uses_prompt(self) -> bool:
@@ -96,7 +139,36 @@ class PointPEFTConfig(StrictConfig):
                     f"PointPEFTConfig: neighbours ({self.neighbours}) must be <= the sub-centre count "
                     f"({subcentres} = num_subcentres or num_group / 2)"
                 )
-            if self.interp_neighbours > subcentres:
+            if self.interp_neighbours is not None and self.interp_neighbours > subcentres:
                 raise ConfigError(
                     f"PointPEFTConfig: interp_neighbours ({self.interp_neighbours}) > sub-centre count ({subcentres})"
                 )
+
+
+# The published code's behaviour, switch by switch (sizes are left to the caller:
+# the defaults are the published sizes, the small presets scale them).
+PUBLISHED_BEHAVIOUR: dict = {
+    "prompt_dropout_on": "tokens",
+    "prompt_coordinates": True,
+    "prompt_row_offset": "published",
+    "bank_normalize": False,
+    "exclude_self": False,
+    "bank_query": "frozen_pass",
+    "bank_encoder": "pretrain",
+    "bank_num_group": 64,
+    "adapter_init": "xavier",
+    "adapter_dropout": 0.1,
+    "neighbour_scale": "total_dim",
+    "propagation": "inverse_square",
+    "interp_neighbours": None,
+    "drop_path_style": "published",
+    "frozen_batchnorm": "train",
+}
+
+PEFT_PRESETS: dict[str, dict] = {"ours": {}, "published": PUBLISHED_BEHAVIOUR}
+
+
+def peft_preset(name: str) -> dict:
+    if name not in PEFT_PRESETS:
+        raise ConfigError(f"peft.preset: unknown preset {name!r}; choose one of {', '.join(PEFT_PRESETS)}")
+    return dict(PEFT_PRESETS[name])

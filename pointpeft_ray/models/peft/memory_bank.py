@@ -32,16 +32,17 @@ class MemoryBank:
     """Features of N training samples, row i = sample i in dataset order."""
 
     max_features: torch.Tensor  # (N, C) max-pooled normalised tokens
-    cls_features: torch.Tensor  # (N, C) cls token
+    cls_features: torch.Tensor | None  # (N, C) cls token; None for encoders without one (published bank)
     key: dict = field(default_factory=dict)
     build_seconds: float = 0.0
     from_cache: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_features.shape != self.cls_features.shape or self.max_features.dim() != 2:
+        cls_shape = self.max_features.shape if self.cls_features is None else self.cls_features.shape
+        if self.max_features.shape != cls_shape or self.max_features.dim() != 2:
             raise MemoryBankError(
                 f"memory bank feature shapes disagree: max {tuple(self.max_features.shape)}, "
-                f"cls {tuple(self.cls_features.shape)}"
+                f"cls {tuple(cls_shape)}"
             )
 
     def __len__(self) -> int:
@@ -52,7 +53,12 @@ class MemoryBank:
         return self.max_features.shape[1]
 
     def features(self, source: str) -> torch.Tensor:
-        return self.max_features if source == "max" else self.cls_features
+        if source == "max":
+            return self.max_features
+        if self.cls_features is None:
+            raise MemoryBankError("this memory bank holds max-pooled features only (its encoder has no cls "
+                                  "token); use bank_source='max'")
+        return self.cls_features
 
     def select_rows(self, size: int | None, sampling: str, source: str, seed: int) -> torch.Tensor:
         """Sample indices kept in the bank: all, a random subset, or FPS in feature space."""
@@ -138,10 +144,11 @@ def _compute_bank(feature_fn: FeatureFn, batches: Iterable, key: dict, device, p
                 points = points.to(device)
             max_feat, cls_feat = feature_fn(points.float())
             max_parts.append(max_feat.float().cpu())
-            cls_parts.append(cls_feat.float().cpu())
+            if cls_feat is not None:
+                cls_parts.append(cls_feat.float().cpu())
     if not max_parts:
         raise MemoryBankError("build_memory_bank: the dataset yielded no batches")
-    bank = MemoryBank(torch.cat(max_parts), torch.cat(cls_parts), key=key)
+    bank = MemoryBank(torch.cat(max_parts), torch.cat(cls_parts) if cls_parts else None, key=key)
     bank.build_seconds = time.perf_counter() - start
     return bank
 
@@ -192,13 +199,13 @@ def _load_if_fresh(path: Path, key: dict) -> MemoryBank | None:
 
 
 def write_bank_file(bank: MemoryBank, path: Path) -> Path:
-    table = pa.table(
-        {
-            "sample_index": pa.array(np.arange(len(bank), dtype=np.int64)),
-            "max_feature": fixed_size_list(bank.max_features.numpy()),
-            "cls_feature": fixed_size_list(bank.cls_features.numpy()),
-        }
-    )
+    columns = {
+        "sample_index": pa.array(np.arange(len(bank), dtype=np.int64)),
+        "max_feature": fixed_size_list(bank.max_features.numpy()),
+    }
+    if bank.cls_features is not None:
+        columns["cls_feature"] = fixed_size_list(bank.cls_features.numpy())
+    table = pa.table(columns)
     meta = {b"pointpeft.bank_key": json.dumps(bank.key, sort_keys=True).encode(),
             b"pointpeft.bank_format": str(BANK_FORMAT_VERSION).encode()}
     return write_ipc_atomic(table.replace_schema_metadata(meta), path)
@@ -211,11 +218,11 @@ def read_bank_file(path: Path) -> MemoryBank:
     except (pa.ArrowInvalid, OSError) as err:
         raise MemoryBankError(f"{path}: not a readable memory bank Arrow file ({err})") from None
     meta = table.schema.metadata or {}
-    if b"pointpeft.bank_key" not in meta or not {"max_feature", "cls_feature"} <= set(table.column_names):
+    if b"pointpeft.bank_key" not in meta or "max_feature" not in table.column_names:
         raise MemoryBankError(f"{path}: missing bank metadata or columns (found {table.column_names})")
     key = json.loads(meta[b"pointpeft.bank_key"])
     dim = table.schema.field("max_feature").type.list_size
     # Copied out of the mapped file: the bank moves to the model's device anyway.
     features = [torch.from_numpy(column_numpy(table, name).reshape(-1, dim).copy())
-                for name in ("max_feature", "cls_feature")]
+                if name in table.column_names else None for name in ("max_feature", "cls_feature")]
     return MemoryBank(*features, key=key)

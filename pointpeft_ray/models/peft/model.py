@@ -6,6 +6,7 @@ the geometry-aware adapters around the frozen blocks.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 from ...errors import ConfigError, MemoryBankError
 from ..backbone import Block, PointMAEBackbone, build_cls_head
 from ..checkpoint import fingerprint_tensors
+from ..ops import farthest_point_sample, gather_points, group_points
 from .config import PointPEFTConfig
 from .geometry import GeometryAwareAdapter, NeighbourhoodAttention, TokenGeometry, token_geometry
 from .memory_bank import MemoryBank, build_memory_bank
@@ -36,6 +38,30 @@ def trainable_backbone_names(backbone: PointMAEBackbone, config: PointPEFTConfig
         elif config.train_final_norm and name in ("norm.weight", "norm.bias"):
             names.append(name)
     return names
+
+
+def batchnorm_buffer_names(backbone: nn.Module) -> list[str]:
+    """Running statistics of the frozen backbone's BatchNorm layers (they follow the
+    downstream data when frozen_batchnorm='train')."""
+    names = []
+    for prefix, module in backbone.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            names += [f"{prefix}.{name}" for name, _ in module.named_buffers(recurse=False)]
+    return names
+
+
+@contextlib.contextmanager
+def batchnorm_eval(module: nn.Module):
+    """BatchNorm layers of `module` in eval mode for the block (running statistics, no update)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in norms]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(norms, modes):
+            m.train(mode)
 
 
 class _TensorStore(nn.Module):
@@ -69,21 +95,27 @@ class PointPEFTModel(nn.Module):
         self.neighbour_attention = None
         self.adapters = None
         if config.geometry_adapter:
-            self.neighbour_attention = NeighbourhoodAttention(dim, config.neighbour_heads, config.neighbour_head_dim)
+            self.neighbour_attention = NeighbourhoodAttention(dim, config.neighbour_heads, config.neighbour_head_dim,
+                                                              config.neighbour_scale)
             self.adapters = nn.ModuleList(GeometryAwareAdapter(dim, config) for _ in range(bconf.depth))
         self.cls_head_finetune = build_cls_head(bconf, num_classes)
         self.trainable_backbone = trainable_backbone_names(backbone, config)
+        # Backbone tensors this adapter changes and saves: the trained ones, and the
+        # BatchNorm running statistics where they follow the downstream data.
+        self.tuned_backbone = self.trainable_backbone + (
+            batchnorm_buffer_names(backbone) if config.frozen_batchnorm == "train" else [])
         tunable = set(trainable_backbone_names(backbone, PointPEFTConfig()))
         state = backbone.state_dict()
         # The bank and its queries must come from the weights as loaded, not as
         # tuned. The originals of every tunable tensor live on the backbone
         # itself, so later adapters sharing this backbone see the same ones.
         if not hasattr(backbone, REFERENCE_NAME):
-            setattr(backbone, REFERENCE_NAME, _TensorStore({n: state[n] for n in sorted(tunable)}))
+            kept = sorted(tunable | set(batchnorm_buffer_names(backbone)))
+            setattr(backbone, REFERENCE_NAME, _TensorStore({n: state[n] for n in kept}))
         # Tunable tensors stay out of the fingerprint: an adapter still matches
         # a backbone tuned by other adapters.
         self.backbone_fingerprint = fingerprint_tensors((k, v) for k, v in state.items() if k not in tunable)
-        reference = fingerprint_tensors(self.frozen_reference.items().items())
+        reference = fingerprint_tensors((k, v) for k, v in self.frozen_reference.items().items() if k in tunable)
         self.bank_fingerprint = hashlib.blake2b(f"{self.backbone_fingerprint}|{reference}".encode(),
                                                 digest_size=16).hexdigest()
         self._freeze()
@@ -106,10 +138,11 @@ class PointPEFTModel(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        # Frozen BatchNorm keeps its running statistics: always eval.
-        for module in self.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        if self.peft_config.frozen_batchnorm == "eval":
+            # Frozen BatchNorm keeps its running statistics.
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def trainable_parameter_groups(self) -> dict[str, int]:
@@ -133,28 +166,57 @@ class PointPEFTModel(nn.Module):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything PEFT owns: its modules, the head (with BN stats) and the trained backbone tensors."""
-        keep = {f"backbone.{n}" for n in self.trainable_backbone}
+        keep = {f"backbone.{n}" for n in self.tuned_backbone}
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.") or k in keep}
 
     # ---- memory bank ------------------------------------------------------
     @torch.no_grad()
-    def frozen_global_features(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(max, cls) global features of the pre-trained backbone, no PEFT, no drop path."""
-        tokens, pos, _ = self._frozen_stem(points)
+    def frozen_global_features(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(max, cls) global features of the pre-trained backbone, no PEFT, no drop path
+        (cls is None for the pre-training encoder, which has no cls token)."""
+        if self.peft_config.bank_encoder == "pretrain" or self.peft_config.frozen_batchnorm == "train":
+            tokens, pos = self._reference_stem(points)
+        else:
+            tokens, pos, _ = self._frozen_stem(points)
         return self._frozen_features_from_tokens(tokens, pos)
+
+    def _bank_num_group(self) -> int:
+        conf = self.peft_config
+        if conf.bank_encoder == "pretrain" and conf.bank_num_group is not None:
+            return conf.bank_num_group
+        return self.backbone.config.num_group
+
+    def _reference_stem(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens and positions from the pre-trained weights as loaded (BatchNorm
+        on its pre-trained running statistics), with the bank encoder's grouping."""
+        conf = self.backbone.config
+        groups = self._bank_num_group()
+        if points.shape[1] < max(groups, conf.group_size):
+            raise ValueError(f"clouds of {points.shape[1]} points are too small for the bank encoder "
+                             f"(bank_num_group={groups}, group_size={conf.group_size})")
+        neighbourhoods, centres = group_points(points, groups, conf.group_size, conf.fps_start)
+        buffers = self.frozen_reference.items(prefix="encoder.")
+        with batchnorm_eval(self.backbone.encoder):
+            tokens = torch.func.functional_call(self.backbone.encoder, buffers, (neighbourhoods,), strict=False)
+        if hasattr(self.backbone, "reduce_dim"):
+            tokens = self.backbone.reduce_dim(tokens)
+        return tokens, self.backbone.pos_embed(centres)
 
     def _frozen_features_from_tokens(self, tokens: torch.Tensor, pos: torch.Tensor):
         ref = self.frozen_reference
-        batch = tokens.shape[0]
-        cls_token = ref.get("cls_token")
-        cls_pos = ref.get("cls_pos")
-        x = torch.cat([cls_token.expand(batch, -1, -1), tokens], dim=1)
-        pos = torch.cat([cls_pos.expand(batch, -1, -1), pos], dim=1)
+        with_cls = self.peft_config.bank_encoder == "finetune"
+        x = tokens
+        if with_cls:
+            batch = tokens.shape[0]
+            x = torch.cat([ref.get("cls_token").expand(batch, -1, -1), tokens], dim=1)
+            pos = torch.cat([ref.get("cls_pos").expand(batch, -1, -1), pos], dim=1)
         block_params = ref.items(prefix="blocks.")
         x = torch.func.functional_call(self.backbone.blocks, block_params, (x, pos), {"stochastic_depth": False})
         norm = self.backbone.norm
         x = F.layer_norm(x, norm.normalized_shape, ref.get("norm.weight"),
                          ref.get("norm.bias"), norm.eps)
+        if not with_cls:
+            return x.max(dim=1).values, None
         return x[:, 1:].max(dim=1).values, x[:, 0]
 
     def build_memory_bank(self, batches, cache_dir: str | Path | None = None, dataset_key: str | None = None,
@@ -176,7 +238,10 @@ class PointPEFTModel(nn.Module):
 
     def grouping_key(self) -> dict:
         conf = self.backbone.config
-        return {"num_group": conf.num_group, "group_size": conf.group_size, "fps_start": conf.fps_start}
+        key = {"num_group": conf.num_group, "group_size": conf.group_size, "fps_start": conf.fps_start}
+        if self.peft_config.bank_encoder == "pretrain":
+            key.update(encoder="pretrain", num_group=self._bank_num_group())
+        return key
 
     def attach_memory_bank(self, bank: MemoryBank) -> None:
         config = self.peft_config
@@ -189,7 +254,7 @@ class PointPEFTModel(nn.Module):
         if config.uses_bank and config.top_k > usable:
             raise MemoryBankError(f"top_k ({config.top_k}) > usable bank rows ({usable}) of a bank of {len(bank)} samples")
         device = next(self.parameters()).device
-        features = bank.features(config.bank_source).to(device)
+        features = bank.features(config.bank_source).to(device)  # names the problem if the bank lacks it
         self.bank_query_features = features
         self.bank_rows = features[rows.to(device)]
         self.bank_rows_normed = F.normalize(self.bank_rows, dim=-1)
@@ -210,41 +275,68 @@ class PointPEFTModel(nn.Module):
         self-exclusion)."""
         tokens, pos, centres = self._frozen_stem(points)
         geometry = self._geometry(centres)
-        source = self._prompt_source(tokens, pos, sample_index)
+        prompt_geometry = self._prompt_geometry(points)
+        source = self._prompt_source(points, tokens, pos, sample_index)
         x, pos = self.backbone.with_cls(tokens, pos)
         for index, block in enumerate(self.backbone.blocks.blocks):
-            x = self._run_block(index, block, x + pos, source, geometry)
+            prompted = self.prompt is not None and index < self.prompt.depth
+            block_geometry = prompt_geometry if prompted and prompt_geometry is not None else geometry
+            x = self._run_block(index, block, x + pos, source, block_geometry)
         feature = self.backbone.classification_feature(self.backbone.norm(x))
         return self.cls_head_finetune(feature)
 
     def _geometry(self, centres: torch.Tensor) -> TokenGeometry | None:
         if self.adapters is None:
             return None
-        conf = self.peft_config
-        subs = conf.subcentres_for(centres.shape[1])
-        return token_geometry(centres, subs, conf.neighbours, conf.interp_neighbours)
+        return token_geometry(centres, self.peft_config)
+
+    def _prompt_geometry(self, points: torch.Tensor) -> TokenGeometry | None:
+        """Published `prompt_cor`: the prompts' coordinates join the points, that cloud
+        is grouped again, and the prompted blocks take their neighbourhoods from its
+        centres over the rows [prompts, patches]."""
+        if self.adapters is None or self.prompt is None or self.prompt.coordinates is None:
+            return None
+        conf, bconf = self.peft_config, self.backbone.config
+        batch, length = points.shape[0], self.prompt.length
+        coordinates = self.prompt.coordinates.to(points.dtype).unsqueeze(0).expand(batch, -1, -1)
+        cloud = torch.cat([coordinates, points], dim=1)
+        with torch.no_grad():
+            centre_idx = farthest_point_sample(cloud.detach(), bconf.num_group, start=bconf.fps_start)
+        centres = gather_points(cloud, centre_idx)  # keeps the graph to the coordinates
+        rows = bconf.num_group + length
+        stride = bconf.num_group if conf.prompt_row_offset == "published" else rows
+        return token_geometry(centres, conf, rows_per_sample=rows, sample_stride=stride, over_prompts=True)
 
     def _run_block(self, index: int, block: Block, x: torch.Tensor, source, geometry) -> torch.Tensor:
         prompted = self.prompt is not None and index < self.prompt.depth
+        published_drop = self.peft_config.drop_path_style == "published"
         start = 1
         if prompted:
             prompts = self.prompt.prompts_for(index, x.shape[0], source).to(x.dtype)
             x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
             start += prompts.shape[1]
-        x = x + block.drop_path(block.attention_branch(x))
+        attention = block.attention_branch(x)
+        x = x + (attention if published_drop else block.drop_path(attention))
         mlp_out = block.mlp_branch(x)
         adapter = self.adapters[index] if self.adapters is not None else None
+        if published_drop:
+            # Published: drop-path on the MLP output, then the adapter beside it.
+            mlp_out = block.drop_path(mlp_out)
+            x = x + (adapter.parallel_to_mlp(mlp_out) if adapter is not None else mlp_out)
+        else:
+            if adapter is not None:
+                mlp_out = adapter.parallel_to_mlp(mlp_out)
+            x = x + block.drop_path(mlp_out)
         if adapter is not None:
-            mlp_out = adapter.parallel_to_mlp(mlp_out)
-        x = x + block.drop_path(mlp_out)
-        if adapter is not None:
-            patches = adapter.aggregate(x[:, start:], geometry, self.neighbour_attention)
+            rows = x[:, 1:] if geometry.over_prompts else x[:, start:]
+            drop = block.drop_path if published_drop else None
+            patches = adapter.aggregate(rows, x[:, start:], geometry, self.neighbour_attention, drop)
             x = adapter.finish(torch.cat([x[:, :start], patches], dim=1))
         if prompted:  # deep prompts are dropped at the end of their block
             x = torch.cat([x[:, :1], x[:, start:]], dim=1)
         return x
 
-    def _prompt_source(self, tokens, pos, sample_index) -> torch.Tensor | None:
+    def _prompt_source(self, points, tokens, pos, sample_index) -> torch.Tensor | None:
         conf = self.peft_config
         if not conf.uses_bank:
             return None
@@ -262,18 +354,23 @@ class PointPEFTModel(nn.Module):
                 )
             sample_index = sample_index.to(self.bank_row_ids.device)
             excluded = sample_index.unsqueeze(1) == self.bank_row_ids.unsqueeze(0)
-        query = self._query(tokens, pos, sample_index)
+        query = self._query(points, tokens, pos, sample_index)
         return retrieve_prompt_source(
             query, self.bank_rows, self.bank_rows_normed, conf.top_k, conf.temperature,
             conf.bank_normalize, excluded,
         )
 
-    def _query(self, tokens, pos, sample_index) -> torch.Tensor:
+    def _query(self, points, tokens, pos, sample_index) -> torch.Tensor:
         conf = self.peft_config
         if self.training and conf.bank_query == "cached" and sample_index is not None:
             return self.bank_query_features[sample_index.to(self.bank_query_features.device)]
         with torch.no_grad():
-            max_feat, cls_feat = self._frozen_features_from_tokens(tokens, pos)
+            if conf.bank_encoder == "pretrain" or conf.frozen_batchnorm == "train":
+                # Not the stem's tokens: those came from another grouping, or from
+                # BatchNorm on batch statistics; the bank holds neither.
+                max_feat, cls_feat = self.frozen_global_features(points)
+            else:
+                max_feat, cls_feat = self._frozen_features_from_tokens(tokens, pos)
         return max_feat if conf.bank_source == "max" else cls_feat
 
     # ---- save / load --------------------------------------------------------
