@@ -515,3 +515,639 @@ def published_style_load(model: nn.Module, path: str | os.PathLike):
             k = k[len("base_model.") :]
         renamed[k] = v
     return model.load_state_dict(renamed, strict=False)
+
+
+# =========================================================================== Point-PEFT
+#
+# Plain re-implementation of the published Point-PEFT fine-tune model
+# (``MAE/models/Point_Mask_Rev_FT_scan_cp.py``: ``PointTransformer_best``), its adapters
+# (``MAE/models/adapter_super.py``), its cache-prompt query model (``cp_model``: the
+# Point-MAE pre-training model of ``MAE/models/Point_MAE_cp.py`` called with
+# ``eval=True``) and the published ``validate()`` call order
+# (``MAE/tools/runner_cache_prompt.py``).  Reproduced *with its defects*:
+#
+# * the prompt coordinates ``prompt_cor`` (P x 3) are concatenated in front of the points
+#   and that cloud is grouped again (FPS starting at ``prompt_cor[0]``, skip rule
+#   included) to get ``center_prompt``; the second-level ``Group(G/2, M/2)`` is applied to
+#   both ``center`` and ``center_prompt``;
+# * in the prompted blocks the neighbourhood / centre rows are read from
+#   ``cat(prompt, patches).reshape(B * (G + P), C)`` with flat indices whose per-sample
+#   offset is ``b * G`` (not ``b * (G + P)``): sample b >= 1 reads rows of sample b - 1
+#   (the "token-index offset" defect);
+# * ``Attention1`` is 18 wide, scale ``18 ** -0.5``, heads = the model's ``num_heads``;
+# * the radius mask and ``neighborhood / std`` are computed but never used: dropped here;
+# * the bank is a plain (C, N) tensor attribute, not a parameter / buffer, and is not
+#   normalised; only the query feature is.
+
+_PEFT_AT_PUBLISHED_SIZE = dict(
+    adapter_dim=16, num_tokens=10, prompt_depth=6, drop_rate_adapter=0.1, query_num_group=64, query_group_size=32
+)
+_ATTN1_WIDTH = 18
+_PROPAGATE_COF = 0.3
+_CENTER_COF = 0.3
+_ADAPTER_COF = 0.7
+
+
+def make_pointpeft_config(
+    trans_dim: int = 384,
+    depth: int = 12,
+    num_heads: int = 6,
+    num_group: int = 128,
+    group_size: int = 32,
+    cls_dim: int = 15,
+    adapter_dim: int = 16,
+    adapter_drop_path_rate: float = 0.1,
+    query_num_group: int = 64,
+    query_group_size: int = 32,
+    **extra,
+) -> SimpleNamespace:
+    """``make_config`` plus the published ``adapter_config`` / ``if_half`` fields and the
+    query-model grouping (``cache_prompt.yaml``: num_group 64, group_size 32).
+
+    ``adapter_dim`` is also reachable as ``config.adapter_config.adapter_dim`` (published)."""
+    config = make_config(
+        trans_dim=trans_dim,
+        depth=depth,
+        num_heads=num_heads,
+        num_group=num_group,
+        group_size=group_size,
+        cls_dim=cls_dim,
+        adapter_dim=adapter_dim,
+        query_num_group=query_num_group,
+        query_group_size=query_group_size,
+        **extra,
+    )
+    config.adapter_config = SimpleNamespace(adapter_dim=adapter_dim, adapter_drop_path_rate=adapter_drop_path_rate)
+    if not hasattr(config, "if_half"):
+        config.if_half = False
+    return config
+
+
+def _config_adapter_dim(config) -> int:
+    adapter_config = getattr(config, "adapter_config", None)
+    if adapter_config is not None and getattr(adapter_config, "adapter_dim", None) is not None:
+        return int(adapter_config.adapter_dim)
+    return int(getattr(config, "adapter_dim", _PEFT_AT_PUBLISHED_SIZE["adapter_dim"]))
+
+
+def group_with_indices(xyz: torch.Tensor, num_group: int, group_size: int, skip_near_origin: bool = True):
+    """The published Point-PEFT ``Group.forward``: FPS + kNN, returning
+    ``(neighborhood (B,G,M,3), center (B,G,3), idx (B*G*M,), center_idx (B*G,))`` where the
+    flat indices carry the per-sample offset ``b * N`` (N = number of points of ``xyz``)."""
+    b, n, _ = xyz.shape
+    centre_idx = furthest_point_sample(xyz, num_group, skip_near_origin)  # B G
+    center = gather_centres(xyz, centre_idx)  # B G 3
+    knn = knn_indices(xyz, center, group_size)  # B G M
+    rows = []
+    for s in range(b):
+        rows.append(xyz[s][knn[s].reshape(-1)].reshape(num_group, group_size, 3))
+    neighborhood = torch.stack(rows, dim=0) - center[:, :, None, :]
+    offsets = torch.arange(b, dtype=torch.long).view(-1, 1) * n
+    idx = (knn + offsets.view(-1, 1, 1)).reshape(-1)
+    center_idx = (centre_idx + offsets).reshape(-1)
+    return neighborhood, center, idx, center_idx
+
+
+def published_square_distance(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``modules.square_distance``: the |a|^2 + |b|^2 - 2ab expansion, in that order."""
+    b, n, _ = src.shape
+    _, m, _ = dst.shape
+    dist = -2 * torch.matmul(src, dst.permute(0, 2, 1))
+    dist = dist + torch.sum(src**2, -1).view(b, n, 1)
+    dist = dist + torch.sum(dst**2, -1).view(b, 1, m)
+    return dist
+
+
+def published_index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``modules.index_points``: points (B, N, C), idx (B, ...) -> (B, ..., C)."""
+    return torch.stack([points[s][idx[s]] for s in range(points.shape[0])], dim=0)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class _AdapterBase(nn.Module):
+    """ln1 -> QuickGELU -> dropout -> ln2 (``adapter_super.py``); Xavier-uniform weights,
+    N(0, 1e-6) biases."""
+
+    residual = True
+
+    def __init__(self, embed_dims: int, reduction_dims: int, drop_rate_adapter: float = 0.0):
+        super().__init__()
+        if reduction_dims <= 0:
+            raise ValueError("the published adapter with reduction_dims <= 0 has no layers and cannot run")
+        self.embed_dims = embed_dims
+        self.super_reductuion_dim = reduction_dims
+        self.dropout = nn.Dropout(p=drop_rate_adapter)
+        self.identity = False
+        self.ln1 = nn.Linear(embed_dims, reduction_dims)
+        self.activate = QuickGELU()
+        self.ln2 = nn.Linear(reduction_dims, embed_dims)
+        for layer in (self.ln1, self.ln2):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.normal_(layer.bias, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.ln2(self.dropout(self.activate(self.ln1(x))))
+        return x + out if self.residual else out
+
+
+class AdapterSuper(_AdapterBase):
+    """Published ``AdapterSuper``: returns ``x + adapter(x)``."""
+
+    residual = True
+
+
+class AdapterSuper_f(_AdapterBase):  # noqa: N801 - published name
+    """Published ``AdapterSuper_f``: returns ``adapter(x)`` (no residual)."""
+
+    residual = False
+
+
+class Attention1(nn.Module):
+    """The 18-wide local attention shared by all blocks: qkv Linear(C, 54, bias=False),
+    ``num_heads`` heads of ``18 // num_heads``, scale ``18 ** -0.5``, proj Linear(18, C)."""
+
+    def __init__(self, dim: int, num_heads: int = 6, qkv_bias: bool = False):
+        super().__init__()
+        if _ATTN1_WIDTH % num_heads:
+            raise ValueError(f"published Attention1 reshapes 54 channels into (3, {num_heads}, 18 // {num_heads}): impossible")
+        self.num_heads = num_heads
+        self.head_dim = _ATTN1_WIDTH // num_heads
+        self.scale = _ATTN1_WIDTH ** -0.5  # NOT head_dim ** -0.5
+        self.qkv = nn.Linear(dim, _ATTN1_WIDTH * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(_ATTN1_WIDTH, dim)
+        self.proj_drop = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)  # channel layout (3, heads, head_dim)
+        w = _ATTN1_WIDTH
+        q_all, k_all, v_all = qkv[..., :w], qkv[..., w : 2 * w], qkv[..., 2 * w :]
+        heads = []
+        for h in range(self.num_heads):
+            sl = slice(h * self.head_dim, (h + 1) * self.head_dim)
+            q, k, v = q_all[..., sl], k_all[..., sl], v_all[..., sl]
+            weights = torch.softmax(torch.einsum("btd,bsd->bts", q, k) * self.scale, dim=-1)
+            heads.append(torch.einsum("bts,bsd->btd", self.attn_drop(weights), v))
+        return self.proj_drop(self.proj(torch.cat(heads, dim=-1)))
+
+
+class PeftBlock(nn.Module):
+    """Published Point-PEFT ``Block`` (registration order as published, so state-dict
+    order is too: ad_gate, prompt_embeddings, norm1, cp_adapter, norm2, mlp, adapter,
+    adapter1, attn, out_transform)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        adapter_dim: int,
+        drop_rate_adapter: float,
+        num_tokens: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        cp_adapter_dims: int | None = None,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        # published: embed_dims=384 literally (== trans_dim at the published size)
+        self.cp_adapter = AdapterSuper(cp_adapter_dims or dim, 8, drop_rate_adapter)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adapter = AdapterSuper_f(dim, adapter_dim, drop_rate_adapter)
+        self.adapter1 = AdapterSuper(dim, adapter_dim, drop_rate_adapter)
+        self.attn = Attention(dim, num_heads=num_heads)
+        self.ad_gate = nn.Parameter(torch.zeros(1))  # registered, never used (as published)
+        self.out_transform = nn.Sequential(nn.BatchNorm1d(dim), nn.GELU())
+        self.prompt_dropout = nn.Dropout(0.1)
+        self.num_tokens = num_tokens
+        self.prompt_embeddings = nn.Parameter(torch.zeros(num_tokens, dim))
+        nn.init.trunc_normal_(self.prompt_embeddings, std=0.02)
+
+    def pooling(self, knn_x_w: torch.Tensor) -> torch.Tensor:
+        """(B, S, k, C) -> max over k -> BatchNorm1d(C) + GELU -> (B, S, C)."""
+        lc_x = knn_x_w.max(dim=2).values
+        return self.out_transform(lc_x.permute(0, 2, 1)).permute(0, 2, 1)
+
+    @staticmethod
+    def propagate(xyz1, xyz2, points1, points2, de_neighbors: int) -> torch.Tensor:
+        b, n, _ = xyz1.shape
+        dists = published_square_distance(xyz1, xyz2)
+        dists, idx = dists.sort(dim=-1)
+        dists, idx = dists[:, :, :de_neighbors], idx[:, :, :de_neighbors]
+        dist_recip = 1.0 / (dists + 1e-8)
+        norm = torch.sum(dist_recip, dim=2, keepdim=True)
+        weight = (dist_recip / norm).view(b, n, de_neighbors, 1)
+        interpolated = torch.sum(published_index_points(points2, idx) * weight, dim=2)
+        return points1 + _PROPAGATE_COF * interpolated
+
+    def _local(self, tokens, center1, center2, idx, center_idx, group_size, attn1, norm3):
+        """Neighbourhood attention + pooling + propagation on ``tokens`` (B, T, C); rows are
+        read from ``tokens.reshape(B*T, C)`` with the given flat indices (whatever their
+        per-sample offset is) and propagated onto the trailing ``center1.shape[1]`` tokens."""
+        b, t, c = tokens.shape
+        s = center2.shape[1]
+        flat = tokens.reshape(b * t, c)
+        x_neighborhoods = flat[idx, :].reshape(b * s, group_size, c)
+        x_centers = flat[center_idx, :].reshape(b, s, c)
+        x_neighborhoods = self.drop_path(attn1(norm3(x_neighborhoods))) + x_neighborhoods
+        vis_x = self.pooling(x_neighborhoods.reshape(b, s, group_size, c)) + _CENTER_COF * x_centers
+        patches = tokens[:, t - center1.shape[1] :]
+        return self.propagate(center1, center2, patches, vis_x, de_neighbors=s)
+
+    def forward(self, x, center1, center2, idx, center_idx, group_size, attn1, norm3, cache_prompt=None, prompted=True):
+        p = self.num_tokens
+        if prompted:
+            prompt = self.prompt_dropout(self.prompt_embeddings.repeat(center2.shape[0], 1, 1))
+            if cache_prompt is not None:
+                prompt = prompt + self.cp_adapter(cache_prompt)
+            x = torch.cat((x[:, :1], prompt, x[:, 1:]), dim=1)
+            x = self.attn(self.norm1(x)) + x
+            x_fn = self.drop_path(self.mlp(self.norm2(x)))
+            x = _ADAPTER_COF * self.adapter(x_fn) + x_fn + x
+            prompt = x[:, 1 : p + 1]
+            cls_x = x[:, 0]
+            patches = x[:, p + 1 :]
+            prompt_x = torch.cat((prompt, patches), dim=1)  # B, G+P, C; indices offset b*G (defect)
+            patches = self._local(prompt_x, center1, center2, idx, center_idx, group_size, attn1, norm3)
+            x = self.adapter1(torch.cat((cls_x.unsqueeze(1), prompt, patches), dim=1))
+            return torch.cat((x[:, :1], x[:, p + 1 :]), dim=1)
+        x = x + self.attn(self.norm1(x))
+        x_fn = self.drop_path(self.mlp(self.norm2(x)))
+        x = _ADAPTER_COF * self.adapter(x_fn) + x_fn + x
+        cls_x = x[:, 0]
+        patches = self._local(x[:, 1:], center1, center2, idx, center_idx, group_size, attn1, norm3)
+        return self.adapter1(torch.cat((cls_x.unsqueeze(1), patches), dim=1))
+
+
+class PeftTransformerEncoder(nn.Module):
+    """Published Point-PEFT ``TransformerEncoder``: blocks, then the shared attn1 / norm3."""
+
+    def __init__(self, embed_dim, depth, num_heads, drop_path_rate, adapter_dim, drop_rate_adapter, num_tokens, prompt_depth):
+        super().__init__()
+        self.prompt_depth = prompt_depth
+        self.pos_drop = nn.Dropout(p=0.0)
+        rates = list(drop_path_rate)
+        self.blocks = nn.ModuleList(
+            [
+                PeftBlock(embed_dim, num_heads, adapter_dim, drop_rate_adapter, num_tokens, drop_path=rates[i])
+                for i in range(depth)
+            ]
+        )
+        self.attn1 = Attention1(embed_dim, num_heads=num_heads)
+        self.norm3 = nn.LayerNorm(embed_dim)
+
+    def forward(self, x, pos, prompt_geometry, plain_geometry, group_size, cache_prompt=None):
+        for layer_id, block in enumerate(self.blocks):
+            prompted = layer_id < self.prompt_depth  # published: layer_id <= 5
+            center1, center2, idx, center_idx = prompt_geometry if prompted else plain_geometry
+            x = block(x + pos, center1, center2, idx, center_idx, group_size, self.attn1, self.norm3,
+                      cache_prompt=cache_prompt, prompted=prompted)
+        return x
+
+
+class PointTransformerBest(nn.Module):
+    """The published Point-PEFT fine-tune classifier ``PointTransformer_best``.
+
+    ``bank`` is the (C, N) cache-prompt memory bank (published: ``torch.load`` of
+    ``ckpts/train_f_pos_shape_scan.pt``), kept as the plain attribute
+    ``train_images_features_agg`` (not a parameter or buffer: not in ``state_dict``).
+    """
+
+    def __init__(self, config, bank: torch.Tensor | None, num_tokens: int = 10, prompt_depth: int = 6,
+                 drop_rate_adapter: float = 0.1):
+        super().__init__()
+        self.config = config
+        self.trans_dim = config.trans_dim
+        self.depth = config.depth
+        self.drop_path_rate = config.drop_path_rate
+        self.cls_dim = config.cls_dim
+        self.num_heads = config.num_heads
+        self.group_size = config.group_size
+        self.num_group = config.num_group
+        self.encoder_dims = config.encoder_dims
+        self.adapter_dim = _config_adapter_dim(config)
+        self.drop_rate_adapter = drop_rate_adapter
+        self.num_tokens = num_tokens
+        self.prompt_depth = prompt_depth
+        if num_tokens < 2:
+            raise ValueError("the published cache prompt needs P >= 2 tokens (K = P - 2)")
+
+        self.group_divider = Group(self.num_group, self.group_size)
+        self.encoder = Encoder(self.encoder_dims)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
+        self.cls_pos = nn.Parameter(torch.randn(1, 1, self.trans_dim))
+        self.pos_embed = _pos_embed(self.trans_dim)
+        self.masking_radius = 1.28  # the radius mask it drives is never used by attention
+        self.prompt_cor = nn.Parameter(torch.zeros(num_tokens, 3))
+        nn.init.trunc_normal_(self.prompt_cor, std=0.02)
+        self.blocks = PeftTransformerEncoder(
+            self.trans_dim,
+            self.depth,
+            self.num_heads,
+            _linear_drop_path(self.drop_path_rate, self.depth),
+            self.adapter_dim,
+            drop_rate_adapter,
+            num_tokens,
+            prompt_depth,
+        )
+        self.norm = nn.LayerNorm(self.trans_dim)
+        self.train_images_features_agg = bank
+        self.cls_head_finetune = nn.Sequential(
+            nn.Linear(self.trans_dim * 2, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(256, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(256, self.cls_dim),
+        )
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+
+    @property
+    def bank(self) -> torch.Tensor | None:
+        return self.train_images_features_agg
+
+    @bank.setter
+    def bank(self, value: torch.Tensor | None) -> None:
+        self.train_images_features_agg = value
+
+    # ----------------------------------------------------------------- pieces, for tests
+
+    def geometry(self, pts: torch.Tensor) -> dict:
+        """Every grouping the published forward computes (first and second level)."""
+        neighborhood, center, _, _ = group_with_indices(pts, self.num_group, self.group_size)
+        prompt_cor = self.prompt_cor.repeat(pts.shape[0], 1, 1)
+        prompt_pts = torch.cat((prompt_cor, pts), dim=1)
+        # the published code runs the full Group here; only the centres are ever used
+        _, center_prompt, _, _ = group_with_indices(prompt_pts, self.num_group, self.group_size)
+        sub_groups, sub_size = int(self.num_group / 2), int(self.group_size / 2)
+        _, center_new, idx, center_idx = group_with_indices(center, sub_groups, sub_size)
+        _, center_new_prompt, idx_prompt, center_idx_prompt = group_with_indices(center_prompt, sub_groups, sub_size)
+        return {
+            "neighborhood": neighborhood,
+            "center": center,
+            "prompt_pts": prompt_pts,
+            "center_prompt": center_prompt,
+            "center_new": center_new,
+            "idx": idx,
+            "center_idx": center_idx,
+            "center_new_prompt": center_new_prompt,
+            "idx_prompt": idx_prompt,
+            "center_idx_prompt": center_idx_prompt,
+            "sub_group_size": sub_size,
+        }
+
+    def cache_prompt(self, cp_feat: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, C) query feature -> (B, P, C) cache prompt, or None."""
+        if cp_feat is None:
+            return None
+        bank = self.train_images_features_agg
+        if bank is None:
+            raise ValueError("cp_feat given but the model has no bank (published: the bank file is always loaded)")
+        k = self.num_tokens - 2
+        cp_feat_norm = cp_feat / cp_feat.norm(dim=-1, keepdim=True)
+        scores = cp_feat_norm @ bank  # B, N  (bank not normalised)
+        top_scores, idx_k = torch.topk(scores, k)
+        weights = torch.softmax(top_scores, dim=1).unsqueeze(1)  # B, 1, K
+        rows = torch.stack([bank[:, idx_k[s]].T for s in range(idx_k.shape[0])], dim=0)  # B, K, C
+        rows = rows.to(torch.float32)  # published: torch.tensor(list) -> float32
+        feat_f = torch.matmul(weights, rows)  # B, 1, C
+        return torch.cat((cp_feat.unsqueeze(1), feat_f, rows), dim=1)
+
+    def features(self, pts: torch.Tensor, cp_feat: torch.Tensor | None = None) -> torch.Tensor:
+        geo = self.geometry(pts)
+        tokens = self.encoder(geo["neighborhood"])
+        b = tokens.shape[0]
+        x = torch.cat((self.cls_token.expand(b, -1, -1), tokens), dim=1)
+        pos = torch.cat((self.cls_pos.expand(b, -1, -1), self.pos_embed(geo["center"])), dim=1)
+        prompt_geometry = (geo["center_prompt"], geo["center_new_prompt"], geo["idx_prompt"], geo["center_idx_prompt"])
+        plain_geometry = (geo["center"], geo["center_new"], geo["idx"], geo["center_idx"])
+        x = self.blocks(x, pos, prompt_geometry, plain_geometry, geo["sub_group_size"], self.cache_prompt(cp_feat))
+        x = self.norm(x)
+        return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
+
+    def forward(self, pts: torch.Tensor, cp_feat: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cls_head_finetune(self.features(pts, cp_feat))
+
+
+class PublishedCacheQuery(PointMAEPretrain):
+    """The published ``cp_model``: a full Point-MAE pre-training model (same state-dict
+    layout as a Point-MAE pre-train checkpoint: ``MAE_encoder.*``, ``mask_token``,
+    ``decoder_pos_embed.*``, ``MAE_decoder.*``, ``increase_dim.*``; loaded strictly by
+    ``builder.load_model``) whose ``forward(pts, eval=True)`` groups the points with its own
+    Group (64 x 32 published), runs the encoder over all tokens (no masking) and returns
+    the max over the normalised tokens, (B, C).  The decoder is never used.
+
+    ``num_group`` / ``group_size`` default to ``config.query_num_group`` /
+    ``config.query_group_size`` when present, else to the published 64 / 32; every other
+    size (trans_dim, depth, num_heads, encoder_dims, drop_path_rate) comes from ``config``.
+    """
+
+    def __init__(self, config, num_group: int | None = None, group_size: int | None = None, decoder_depth: int = 4,
+                 decoder_num_heads: int | None = None):
+        if num_group is None:
+            num_group = getattr(config, "query_num_group", _PEFT_AT_PUBLISHED_SIZE["query_num_group"])
+        if group_size is None:
+            group_size = getattr(config, "query_group_size", _PEFT_AT_PUBLISHED_SIZE["query_group_size"])
+        query_config = SimpleNamespace(**vars(config))
+        query_config.num_group = int(num_group)
+        query_config.group_size = int(group_size)
+        super().__init__(query_config, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads)
+        self.config = query_config
+        self.num_group = int(num_group)
+        self.group_size = int(group_size)
+
+    def forward(self, pts: torch.Tensor) -> torch.Tensor:
+        neighborhood, center = self.group_divider(pts)
+        enc = self.MAE_encoder
+        tokens = enc.encoder(neighborhood)  # B G C, nothing masked
+        x = enc.norm(enc.blocks(tokens, enc.pos_embed(center)))
+        return x.max(dim=1).values
+
+    @classmethod
+    def from_pretrain_checkpoint(cls, path: str | os.PathLike, num_group: int = 64, num_heads: int = 6,
+                                 drop_path_rate: float = 0.1, decoder_num_heads: int | None = None) -> "PublishedCacheQuery":
+        """Build from a Point-MAE pre-train checkpoint file (``{'base_model'|'model': ...}``),
+        as ``builder.load_model``: every ``module.`` removed, strict load.  Sizes are read
+        from the tensors; ``num_group`` and ``num_heads`` are not in a checkpoint
+        (published: 64 and 6)."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw = ckpt.get("model") if ckpt.get("model") is not None else ckpt.get("base_model")
+        if raw is None:
+            raise RuntimeError("mismatch of ckpt weight")
+        state = {k.replace("module.", ""): v for k, v in raw.items()}
+        trans_dim = int(state["MAE_encoder.norm.weight"].shape[0])
+        encoder_dims = int(state["MAE_encoder.encoder.second_conv.3.weight"].shape[0])
+
+        def count(prefix: str) -> int:
+            ids = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+            return max(ids) + 1 if ids else 0
+
+        depth = count("MAE_encoder.blocks.blocks.")
+        decoder_depth = count("MAE_decoder.blocks.")
+        group_size = int(state["increase_dim.0.weight"].shape[0]) // 3
+        config = make_config(trans_dim=trans_dim, depth=depth, num_heads=num_heads, num_group=num_group,
+                             group_size=group_size, encoder_dims=encoder_dims, drop_path_rate=drop_path_rate)
+        model = cls(config, num_group=num_group, group_size=group_size, decoder_depth=decoder_depth,
+                    decoder_num_heads=decoder_num_heads)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+
+def load_published_cache_query(path: str | os.PathLike, **kwargs) -> PublishedCacheQuery:
+    """Function form of :meth:`PublishedCacheQuery.from_pretrain_checkpoint`."""
+    return PublishedCacheQuery.from_pretrain_checkpoint(path, **kwargs)
+
+
+@torch.no_grad()
+def build_published_bank(query: PublishedCacheQuery, clouds: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """The (C, N) bank: column n = ``query(clouds[n])`` (raw, not normalised), computed in
+    eval mode ``batch`` clouds at a time.  (The published repository ships the bank file
+    but not the script that built it; this is the layout its model consumes.)"""
+    was_training = query.training
+    query.eval()
+    feats = [query(clouds[i : i + batch]) for i in range(0, clouds.shape[0], batch)]
+    query.train(was_training)
+    return torch.cat(feats, dim=0).T.contiguous()
+
+
+def save_published_bank(bank: torch.Tensor, path: str | os.PathLike) -> str:
+    torch.save(bank.detach().clone().contiguous(), path)
+    return str(path)
+
+
+@torch.no_grad()
+def published_logits(model: PointTransformerBest, query: PublishedCacheQuery | None, pts: torch.Tensor,
+                     npoints: int | None = None) -> torch.Tensor:
+    """Published ``validate()``: both models in eval mode, ``cp_feat = cp_model(points,
+    eval=True)`` (its first return value), ``logits = base_model(points, cp_feat=cp_feat)``.
+    With ``npoints`` the clouds are first resampled by ``misc.fps(points, npoints)`` as
+    ``validate()`` does (default: used as given).  ``query=None``: no cache prompt."""
+    model.eval()
+    if npoints is not None:
+        pts = gather_centres(pts, furthest_point_sample(pts, npoints))
+    cp_feat = None
+    if query is not None:
+        query.eval()
+        cp_feat = query(pts)
+    return model(pts, cp_feat)
+
+
+@torch.no_grad()
+def randomize_pointpeft_(model: nn.Module, seed: int = 0, prompt_cor_std: float = 0.3) -> nn.Module:
+    """``randomize_`` (every Linear / Conv / LayerNorm / BatchNorm incl. running stats, the
+    top-level tokens) plus the block-level parameters it does not reach (prompt_embeddings,
+    ad_gate), and ``prompt_cor`` ~ N(0, prompt_cor_std) so that it spreads like a trained
+    one.  Works for ``PointTransformerBest`` and ``PublishedCacheQuery``."""
+    randomize_(model, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7919)
+    for name, param in model.named_parameters():
+        if name.endswith("prompt_embeddings"):
+            param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+        elif name.endswith("ad_gate"):
+            param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+        elif name == "prompt_cor":
+            param.copy_(torch.randn(param.shape, generator=g) * prompt_cor_std)
+    return model
+
+
+#: substrings the published runner uses to pick the trainable parameters (names with ``module.``)
+_PEFT_TRAINABLE = (
+    "attn_free_linear", "cp", "adapter1", "norm3", "attn1.", "out_transform", ".adapter.", "proj.bias", "fc2.bias",
+    "fc1.bias", "norm2.bias", "norm1.bias", "prompt_cor", "cache_gate", "cls_pos", "cls_token", "cls_head_", "norm.",
+    ".gate", "ad_gate", "prompt_embedding",
+)
+
+
+def _peft_optimizer_state(model: nn.Module, prefix: str = "module.") -> dict:
+    """A plain AdamW ``state_dict()`` as ``build_opti_sche`` builds it for the published
+    runner: only the trainable parameters, in two groups (no-decay first, then decay)."""
+    no_decay, decay = [], []
+    for name, param in model.named_parameters():
+        if not any(s in prefix + name for s in _PEFT_TRAINABLE):
+            continue
+        if param.dim() == 1 or name.endswith(".bias") or "token" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    ordered = no_decay + decay
+    g = torch.Generator().manual_seed(0)
+    state = {
+        i: {
+            "step": torch.tensor(4321.0),
+            "exp_avg": torch.randn(p.shape, generator=g) * 1e-3,
+            "exp_avg_sq": torch.rand(p.shape, generator=g) * 1e-6,
+        }
+        for i, p in enumerate(ordered)
+    }
+    common = {
+        "lr": 1.3e-5,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "amsgrad": False,
+        "foreach": None,
+        "maximize": False,
+        "capturable": False,
+        "differentiable": False,
+        "fused": None,
+        "initial_lr": 5e-4,
+    }
+    return {
+        "state": state,
+        "param_groups": [
+            dict(common, weight_decay=0.0, params=list(range(len(no_decay)))),
+            dict(common, weight_decay=0.05, params=list(range(len(no_decay), len(ordered)))),
+        ],
+    }
+
+
+def published_pointpeft_checkpoint(model: PointTransformerBest, prefix: str = "module.", epoch: int = 287,
+                                   acc: float = 89.5142) -> dict:
+    """Dict as ``builder.save_checkpoint`` writes ``ckpt-best.pth`` from the Point-PEFT
+    runner (``nn.DataParallel``: ``module.`` prefixes; metrics are ``Acc_Metric.state_dict()``
+    whose ``acc`` is a tensor)."""
+    metric = torch.tensor(float(acc))
+    return {
+        "base_model": {prefix + k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": _peft_optimizer_state(model, prefix=prefix),
+        "epoch": int(epoch),
+        "metrics": {"acc": metric.clone()},
+        "best_metrics": {"acc": metric.clone()},
+    }
+
+
+def save_published_pointpeft_checkpoint(model: PointTransformerBest, path: str | os.PathLike,
+                                        prefix: str = "module.") -> str:
+    torch.save(published_pointpeft_checkpoint(model, prefix=prefix), path)
+    return str(path)
+
+
+__all__ += [
+    "make_pointpeft_config",
+    "group_with_indices",
+    "published_square_distance",
+    "published_index_points",
+    "QuickGELU",
+    "AdapterSuper",
+    "AdapterSuper_f",
+    "Attention1",
+    "PeftBlock",
+    "PeftTransformerEncoder",
+    "PointTransformerBest",
+    "PublishedCacheQuery",
+    "load_published_cache_query",
+    "build_published_bank",
+    "save_published_bank",
+    "published_logits",
+    "randomize_pointpeft_",
+    "published_pointpeft_checkpoint",
+    "save_published_pointpeft_checkpoint",
+]

@@ -34,6 +34,12 @@ def add_convert_command(commands) -> None:
     p.add_argument("--bank", required=True, help="the released memory bank (a C x N tensor, e.g. cache_shape.pt)")
     p.add_argument("--out", required=True, help="adapter directory to write")
     p.add_argument("--num-classes", type=int, default=15, help="classes of the checkpoint's head (default 15)")
+    p.add_argument("--num-group", type=int, default=128, help="patches of the fine-tune grouping (ScanObjectNN 128, "
+                   "ModelNet40 64)")
+    p.add_argument("--group-size", type=int, default=32, help="points per patch (default 32)")
+    p.add_argument("--num-heads", type=int, default=6, help="attention heads (default 6; not in a checkpoint)")
+    p.add_argument("--query-groups", type=int, default=64, help="patches of the bank encoder (published 64)")
+    p.add_argument("--prompt-depth", type=int, default=6, help="prompted blocks (published 6)")
     p.add_argument("--adapter-bank", default=None, metavar="DIR", help="also add the adapter to this adapter bank")
     p.add_argument("--name", default="published", help="its entry name in --adapter-bank (default: published)")
     p.add_argument("--task", default="scanobjectnn/pb_t50_rs", help="the entry's task (default: scanobjectnn/pb_t50_rs)")
@@ -42,9 +48,14 @@ def add_convert_command(commands) -> None:
 
 
 def run_convert(args) -> int:
-    from ..models.peft.published import load_published_pointpeft
+    from ..models.checkpoint import read_state_dict
+    from ..models.peft.published import backbone_of, load_published_pointpeft
 
-    model = load_published_pointpeft(args.ckpt, args.pretrain, args.bank, num_classes=args.num_classes)
+    shape = backbone_of(read_state_dict(args.ckpt)).replace(num_group=args.num_group, group_size=args.group_size,
+                                                            num_heads=args.num_heads)
+    model = load_published_pointpeft(args.ckpt, args.pretrain, args.bank, num_classes=args.num_classes,
+                                     backbone=shape, prompt_depth=args.prompt_depth,
+                                     query_groups=args.query_groups)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"published Point-PEFT: {trainable:,} trained of {total:,} parameters "
           f"({100 * trainable / total:.2f}%), memory bank of {len(model.memory_bank)} rows")

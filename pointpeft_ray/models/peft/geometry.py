@@ -60,7 +60,10 @@ def token_geometry(centres: torch.Tensor, config: PointPEFTConfig, rows_per_samp
         squared, interp_idx = squared.topk(near, dim=-1, largest=False)
     else:
         interp_idx = torch.arange(subs, device=centres.device).expand(batch, count, subs)
-    distance = squared if config.propagation == "inverse_square" else squared.clamp_min(0).sqrt()
+    if config.propagation == "inverse_square":
+        distance = squared
+    else:  # sqrt has an infinite slope at 0 (a token on its sub-centre): keep its gradient finite
+        distance = torch.where(squared > 0, squared.clamp_min(1e-30).sqrt(), torch.zeros_like(squared))
     inverse = 1.0 / (distance + 1e-8)
     weight = inverse / inverse.sum(dim=-1, keepdim=True)
     return TokenGeometry(neighbour_rows, subcentre_rows, interp_idx, weight, rows_per_sample, config.neighbours,

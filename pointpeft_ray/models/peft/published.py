@@ -40,12 +40,13 @@ def load_published_pointpeft(ckpt_best: str | Path, pretrain: str | Path, bank: 
                              query_groups: int = PUBLISHED_QUERY_GROUPS) -> PointPEFTModel:
     """The published Point-PEFT model from its three released files, in eval mode.
 
-    `backbone`: the fine-tune backbone shape (default: Point-MAE on ScanObjectNN,
-    128 groups of 32); its width and depth must be those of the checkpoint.
+    `backbone`: the fine-tune backbone shape; default: the checkpoint's width and depth
+    with the published heads (6) and grouping (128 groups of 32, ScanObjectNN);
+    `query_groups`: patches of the bank encoder (published 64).
     """
     tuned = read_state_dict(ckpt_best)
     _check_is_pointpeft(tuned, ckpt_best)
-    config = backbone or BackboneConfig()
+    config = backbone or backbone_of(tuned)
     sizes = _published_sizes(tuned, ckpt_best, config, num_classes, prompt_depth)
     peft_config = PointPEFTConfig.published(bank_num_group=query_groups, **sizes)
     backbone_module = PointMAEBackbone(config)
@@ -146,6 +147,13 @@ def _our_name(key: str, depth: int, prompt_depth: int) -> str | None:
             leaf = rest[len(published):]
             return ours + leaf.replace("ln1.", "down.").replace("ln2.", "up.")
     return None
+
+
+def backbone_of(state: dict) -> BackboneConfig:
+    """The backbone shape a published checkpoint implies: its width and depth, the rest published."""
+    width = state["cls_token"].shape[-1] if "cls_token" in state else BackboneConfig().trans_dim
+    depth = 1 + max(int(m.group(1)) for m in map(_BLOCK_KEY.match, state) if m)
+    return BackboneConfig(trans_dim=width, depth=depth, encoder_dims=width)
 
 
 def _check_is_pointpeft(state: dict, path) -> None:
