@@ -167,11 +167,16 @@ def table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
+def read_results(out: Path) -> tuple[Path, dict]:
+    """OUT/results.json and the cells recorded in it so far (resumable runs)."""
+    path = out / "results.json"
+    return path, (json.loads(path.read_text()) if path.is_file() else {"cells": {}})
+
+
 def main() -> int:
     args = parse_args()
     out = Path(args.out)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    path, results = read_results(out)
     checkpoint, manifest = pretrained_checkpoint(args)
     results["pretrain"] = {"checkpoint": checkpoint, **{k: manifest.get(k) for k in ("epochs", "final_loss", "wall_seconds")}}
     # Cells of other settings must not pass for these: one output folder per setting.

@@ -18,7 +18,6 @@ from its run directory, so rerunning continues where it stopped. Prints the tabl
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -95,8 +94,7 @@ def table(results: dict, arms: list[str], variants: list[str]) -> str:
 def main() -> int:
     args = parse_args()
     out = Path(args.out)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    path, results = acceptance.read_results(out)
     settings = acceptance_settings(args.epochs)
     checkpoint, manifest = acceptance.pretrained_checkpoint(settings)
     results["pretrain"] = {"checkpoint": checkpoint, **{k: manifest.get(k) for k in ("epochs", "final_loss")}}
