@@ -28,9 +28,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import experiments_acceptance as acceptance  # noqa: E402
 
-# The pre-training's grouping: the published bank encoder is Point-MAE's pre-training
-# encoder (64 groups, half the fine-tune's 128); `tiny` pre-trains on 16 groups.
-TINY_BANK_GROUPS = 16
 ARMS: dict[str, dict] = {
     "ours": {"recipe": "ours", "peft": {}},
     "published": {"recipe": "published", "peft": {}},
@@ -64,9 +61,7 @@ def acceptance_settings(epochs: int) -> argparse.Namespace:
 def arm_config(arm: str, variant: str, seed: int, checkpoint: str, settings, out: Path):
     spec = ARMS[arm]
     config = acceptance.cell_config("peft", variant, seed, checkpoint, settings, out)
-    peft = {**config.peft, **spec["peft"]}
-    if spec["recipe"] == "published":
-        peft["bank_num_group"] = TINY_BANK_GROUPS
+    peft = {**config.peft, **spec["peft"]}  # the tiny preset's bank encoder groups as its pre-training: 16
     data = config.data.model_dump()
     data["augment"] = spec.get("augment")
     return config.replace(recipe=spec["recipe"], peft=peft, data=data,

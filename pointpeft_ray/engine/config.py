@@ -127,5 +127,6 @@ class TrainConfig(StrictConfig):
     def peft_config(self) -> PointPEFTConfig:
         fields = dict(self.peft)
         preset = fields.pop("preset", None) or self.recipe
-        return PointPEFTConfig.from_dict({**self.model.peft_defaults(), **peft_preset(preset), **fields},
+        # behaviour switches, then the model preset's sizes, then what the config says
+        return PointPEFTConfig.from_dict({**peft_preset(preset), **self.model.peft_defaults(), **fields},
                                          where="peft")

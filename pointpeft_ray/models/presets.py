@@ -12,7 +12,8 @@ class ModelPreset:
     backbone: BackboneConfig
     num_points: int
     # PEFT settings scaled with the backbone: published L = 6 of 12 blocks
-    # (half the depth), adapter k = group_size / 2.
+    # (half the depth), adapter k = group_size / 2; the published bank encoder groups
+    # as the backbone's pre-training does (Point-MAE: 64 patches).
     peft_overrides: dict = field(default_factory=dict)
 
     def peft_config(self, **changes) -> PointPEFTConfig:
@@ -30,7 +31,7 @@ PRESETS: dict[str, ModelPreset] = {
     # Tests and smoke runs.
     "tiny": ModelPreset(
         BackboneConfig(trans_dim=64, depth=2, num_heads=4, num_group=16, group_size=8, encoder_dims=64),
-        num_points=256, peft_overrides={"prompt_depth": 1, "neighbours": 4},
+        num_points=256, peft_overrides={"prompt_depth": 1, "neighbours": 4, "bank_num_group": 16},
     ),
 }
 
