@@ -17,6 +17,10 @@ def _add_bench_model(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--variants", default="full,peft,peft_frozen_pass")
+    p.add_argument("--compile", action="store_true", help="torch.compile every variant's forward (as compile: true)")
+    p.add_argument("--fps", default="auto", choices=["auto", "torch", "triton"],
+                   help="farthest point sampling: the one-launch Triton kernel (auto: on CUDA with triton) "
+                   "or the PyTorch loop")
     p.add_argument("--json", dest="json_path", default=None, help="also write the figures to this JSON file")
     p.add_argument("--profile", dest="profile_dir", default=None, help="write a torch.profiler table per variant here")
     p.set_defaults(func=_run_bench_model)
@@ -32,9 +36,15 @@ def _run_bench_model(args) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise PointPEFTError(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
+    if args.fps == "triton":
+        from .models import fps_triton
+
+        if not fps_triton.usable(torch.zeros(1, 1, 3, device=device)):
+            raise PointPEFTError(f"--fps triton: the Triton kernel cannot run on device {device} here "
+                                 "(it needs triton and a CUDA device); use --fps torch or auto")
     settings = BenchSettings(preset=args.preset, batch=args.batch, num_points=args.points, steps=args.steps,
-                             warmup=args.warmup, device=device, bf16=args.bf16,
-                             profile_dir=args.profile_dir)
+                             warmup=args.warmup, device=device, bf16=args.bf16, compile=args.compile,
+                             fps=args.fps, profile_dir=args.profile_dir)
     from .models.presets import get_preset
 
     get_preset(args.preset)  # fail fast on a bad name
@@ -131,6 +141,7 @@ def _add_train(commands) -> None:
     p = commands.add_parser("train", help="fine-tune (peft, full or linear) from a YAML config on Ray Train")
     p.add_argument("config", help="YAML file of a TrainConfig")
     _add_ray_run_args(p)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (config key compile: true)")
     p.set_defaults(func=_run_train)
 
 
@@ -150,6 +161,8 @@ def _run_train(args) -> int:
     config = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
+    if args.compile:
+        config = config.replace(compile=True)
     spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
                       cpus_per_worker=args.cpus_per_worker, name=args.name or Path(args.config).stem,
                       storage_path=args.storage, max_failures=args.max_failures)

@@ -21,6 +21,7 @@ def test_bench_model_prints_table_and_writes_json(tmp_path):
     assert variants["peft"]["trainable_params"] < variants["full"]["trainable_params"]
     for v in variants.values():
         assert v["step_seconds"] > 0 and len(v["step_times"]) == 2 and v["peak_memory_mb"] >= 0
+        assert v["fps_backend"] == "torch" and v["compiled"] is False  # the CPU defaults
     summary = payload["summary"]
     assert summary["step_ratio"] == variants["peft"]["step_seconds"] / variants["full"]["step_seconds"]
     assert 0 < summary["grouping_share"] < 1
@@ -31,6 +32,8 @@ def test_bad_arguments_are_clear_errors():
     assert result.returncode == 2 and "unknown model preset 'huge'" in result.stderr
     result = run_cli("bench", "model", "--preset", "tiny", "--variants", "full,lora")
     assert result.returncode == 2 and "unknown ['lora']" in result.stderr
+    result = run_cli("bench", "model", "--preset", "tiny", "--device", "cpu", "--fps", "triton")
+    assert result.returncode == 2 and "--fps triton: the Triton kernel cannot run on device cpu" in result.stderr
 
 
 def test_data_prepare_reads_typed_task_options_and_names_a_bad_one(tmp_path):

@@ -155,3 +155,35 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"loss/train", "loss/val", "accuracy/val", "optim/lr", "speed/samples_per_second"} <= tags
     assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+
+
+def test_deferred_guard_skips_a_non_finite_step_on_the_device_and_stops_at_the_check():
+    """The GPU path (fused AdamW), run on the CPU: a NaN step changes nothing (weights
+    and Adam's step count) and the epoch's check names it; the finite steps train as if
+    the NaN step had never been taken."""
+    from pointpeft_ray.engine.loop import StepGuard
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(4, 3) for _ in range(3)]
+    poison = [1.0, float("nan"), 1.0]
+
+    def run(steps):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(3, 2)
+        # the fused AdamW that build.make_optimizer gives on a GPU; torch runs it on the CPU too
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        guard = StepGuard(optimizer, list(model.parameters()), grad_clip=10.0, epoch=0)
+        assert guard.deferred
+        for step in steps:
+            guard.step((model(inputs[step]) * poison[step]).square().mean(), step, samples=4)
+        return model, optimizer, guard
+
+    model, optimizer, guard = run([0, 1, 2])
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 1, step 2"):
+        guard.check()
+    reference, reference_optimizer, reference_guard = run([0, 2])
+    assert math.isfinite(reference_guard.check())
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    steps = [float(s["step"]) for s in optimizer.state.values()]
+    assert steps == [float(s["step"]) for s in reference_optimizer.state.values()] == [2.0, 2.0]

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models import FullFinetuneClassifier, MemoryBank, PointMAEBackbone, get_peft_model
+from ..engine.acceleration import compile_model
+from ..models import FullFinetuneClassifier, MemoryBank, PointMAEBackbone, get_peft_model, ops
 from ..models.peft.geometry import token_geometry
 from ..models.presets import get_preset
 from .report import format_table, machine_info, write_json
@@ -38,6 +39,8 @@ class BenchSettings:
     num_classes: int = 15
     device: str = "cpu"
     bf16: bool = False
+    compile: bool = False  # torch.compile each variant's forward (engine/acceleration.py)
+    fps: str = "auto"  # FPS backend: auto, torch, triton (models/ops.py)
     seed: int = 0
     profile_dir: str | None = None  # write a torch.profiler table per variant here
 
@@ -73,8 +76,9 @@ def render(payload: dict) -> str:
         f"grouping share of PEFT step = {100 * s['grouping_share']:.1f}%  (goal <= 10%)",
     ] if s else ["(ratios need both the full and peft variants)"]
     cfg = payload["settings"]
-    head = (f"model bench: preset={cfg['preset']} batch={cfg['batch']} points={payload['variants'][0]['num_points']} "
-            f"device={cfg['device']} bf16={cfg['bf16']}")
+    first = payload["variants"][0]
+    head = (f"model bench: preset={cfg['preset']} batch={cfg['batch']} points={first['num_points']} "
+            f"device={cfg['device']} bf16={cfg['bf16']} fps={first['fps_backend']} compiled={first['compiled']}")
     return "\n".join([head, table, *goals])
 
 
@@ -94,9 +98,12 @@ def _measure_variant(settings_dict: dict, variant: str) -> dict:
     settings = BenchSettings(**settings_dict)
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
+    ops.set_fps_backend(settings.fps)
     preset = get_preset(settings.preset)
     num_points = settings.num_points or preset.num_points
     model = _build_model(preset, variant, settings).to(device).train()
+    compile_notes: list[str] = []
+    compile_model(model, settings.compile, echo=compile_notes.append)
     points = torch.rand(settings.batch, num_points, 3, device=device) * 2 - 1
     labels = torch.randint(settings.num_classes, (settings.batch,), device=device)
     index = torch.randperm(settings.bank_rows)[: settings.batch].to(device)
@@ -137,6 +144,9 @@ def _measure_variant(settings_dict: dict, variant: str) -> dict:
     return {
         "variant": variant,
         "description": DESCRIPTIONS[variant],
+        "fps_backend": ops.fps_backend_for(points),
+        "compiled": settings.compile and not model.forward.fell_back,
+        "compile_notes": compile_notes,
         "num_points": num_points,
         "trainable_params": trainable,
         "total_params": sum(p.numel() for p in model.parameters()),

@@ -25,8 +25,13 @@ class Batch:
     index: torch.Tensor  # (B,) int64: rows in the split
 
     def to(self, device) -> "Batch":
-        return Batch(self.points.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
-                     self.index.to(device, non_blocking=True))
+        """On the device; to a GPU from pinned memory, so the copy does not block the host
+        (a non-blocking copy from pageable memory is a synchronous one)."""
+        device = torch.device(device)
+        pin = device.type == "cuda" and not self.points.is_cuda
+        moved = [(t.pin_memory() if pin else t).to(device, non_blocking=True)
+                 for t in (self.points, self.labels, self.index)]
+        return Batch(*moved)
 
 
 class BatchLoader:

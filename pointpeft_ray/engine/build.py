@@ -71,6 +71,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, recipe: str = "ours"
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; on a GPU the fused kernel, one launch for every tensor, which also skips a
+    non-finite step on the device (engine/loop.py StepGuard) without a host sync."""
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+
+
 def lr_at(epoch: int, config: TrainConfig) -> float:
     """The learning rate of (0-based) `epoch`.
 

@@ -96,6 +96,8 @@ class TrainConfig(StrictConfig):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    compile: bool = Field(False, description="torch.compile the model's forward (same results; falls back to "
+                          "eager where compilation is unavailable); pays off on GPUs")
     eval_every: int = Field(1, ge=1)
     run_dir: Optional[str] = Field(None, description="in-process runs: checkpoints (last/, best/) and TensorBoard logs")
     log_dir: Optional[str] = Field(None, description="TensorBoard event files; default run_dir/tensorboard")

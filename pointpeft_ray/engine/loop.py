@@ -23,6 +23,7 @@ from ..errors import PointPEFTError
 from ..models.peft.memory_bank import MemoryBank
 from ..models.peft.model import PointPEFTModel
 from . import build
+from .acceleration import compile_model
 from .config import TrainConfig
 from .context import InProcessContext, Snapshot
 from .tensorboard import ScalarLogger
@@ -127,9 +128,9 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
     result = RunResult(trainable_params=build.trainable_count(model),
                        total_params=sum(p.numel() for p in model.parameters()),
                        bank_seconds=time.perf_counter() - bank_start)
-    model = context.wrap_model(model)
-    optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay, config.recipe),
-                                  lr=config.optim.lr)
+    model = context.wrap_model(compile_model(model, config.compile, echo))
+    optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay, config.recipe),
+                                     config.optim.lr, device)
     start_epoch = _restore(context, model, optimizer, result, echo)
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
     train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
@@ -271,26 +272,71 @@ def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, ec
     return bank
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, params: list, grad_clip: float | None,
-                   epoch: int, step: int, what: str = "loss") -> float:
-    """Backward, clip, step; returns the loss. A NaN/inf loss stops the run before it
-    updates anything (the last checkpoint stays good). `epoch`, `step`: 0-based."""
-    loss_value = loss.item()  # the step's one host sync, needed to stop before a bad update
-    if not math.isfinite(loss_value):
-        raise TrainingDivergedError(f"{what} is {loss_value} at epoch {epoch + 1}, step {step + 1}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    return loss_value
+class StepGuard:
+    """Backward, clip and step; a NaN/inf loss stops the run and never updates the
+    weights, so the last checkpoint stays good. `epoch`, `step`: 0-based.
+
+    Read on the host (the default): each step's loss is read before its update, a sync
+    that costs nothing on a CPU. Deferred (a fused optimizer, as on a GPU): a step whose
+    loss or gradient norm is non-finite is skipped on the device (the fused optimizer's
+    found_inf input, as under a GradScaler; the norm is the all-reduced gradients', so
+    every DDP rank skips the same steps), and the first such step is read once, at the
+    epoch's end (`check`): a GPU step never waits for the host.
+    """
+
+    def __init__(self, optimizer, params: list, grad_clip: float | None, epoch: int, what: str = "loss"):
+        self.optimizer, self.params, self.grad_clip = optimizer, params, grad_clip
+        self.epoch, self.what = epoch, what
+        self.deferred = bool(optimizer.defaults.get("fused"))
+        self.loss_sum = None  # sum of loss x samples: a device tensor when deferred
+        self.first_bad = None  # deferred: (step, loss) of the first skipped step, on the device
+
+    def step(self, loss: torch.Tensor, step: int, samples: int) -> None:
+        if not self.deferred:
+            value = loss.item()
+            if not math.isfinite(value):
+                self._stop(step, value)
+            self._accumulate(value * samples)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            return
+        loss = loss.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+        value = loss.detach()
+        bad = ~(torch.isfinite(value) & torch.isfinite(norm))
+        if self.first_bad is None:
+            self.first_bad = torch.full((2,), float("nan"), device=value.device)
+        record = torch.stack([torch.full_like(value, step), value])  # filled on the device: no host copy
+        self.first_bad = torch.where(bad & torch.isnan(self.first_bad[0]), record, self.first_bad)
+        self.optimizer.found_inf = bad.float()
+        self.optimizer.step()
+        self._accumulate(value.double() * samples)
+
+    def _accumulate(self, weighted) -> None:
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+
+    def check(self) -> float:
+        """The epoch's summed loss x samples; raises if a deferred step was skipped."""
+        if self.deferred and self.first_bad is not None:
+            step, value = self.first_bad.tolist()  # the epoch's one read of the guard
+            if not math.isnan(step):
+                self._stop(int(step), value)
+        return float(self.loss_sum) if self.loss_sum is not None else 0.0
+
+    def _stop(self, step: int, value: float) -> None:
+        raise TrainingDivergedError(f"{self.what} is {value} at epoch {self.epoch + 1}, step {step + 1}")
 
 
 def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, device, use_bf16: bool) -> dict:
     build.set_train_mode(model, True)
     loader.set_epoch(epoch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, seen = 0.0, 0
+    guard = StepGuard(optimizer, [p for p in model.parameters() if p.requires_grad], config.optim.grad_clip, epoch)
+    seen = 0
     correct = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync for it
     start = time.perf_counter()
     for step, batch in enumerate(loader):
@@ -298,10 +344,10 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: TrainConfig, devi
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = build.forward(model, batch.points, batch.index)
         loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=config.optim.label_smoothing)
-        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip, epoch, step)
-        loss_sum += loss_value * batch.labels.numel()
+        guard.step(loss, step, batch.labels.numel())
         correct += (logits.argmax(-1) == batch.labels).sum()
         seen += batch.labels.numel()
+    loss_sum = guard.check()
     seconds = time.perf_counter() - start
     # Over every rank's shard: the epoch's metrics, not rank 0's share of them.
     totals = sum_across_ranks(torch.tensor([loss_sum, float(correct.item()), float(seen)], dtype=torch.float64,

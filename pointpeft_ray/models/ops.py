@@ -6,16 +6,47 @@ extensions, so the same centres and neighbourhoods come out on any device.
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
+
+from . import fps_triton
 
 # The published FPS kernel never selects a point whose squared norm is at most
 # this value (except the first, index 0). Kept as the default so centres match
 # the published code; pass 0.0 to sample every point.
 PUBLISHED_FPS_MIN_NORM_SQ = 1e-3
 
+FPS_BACKENDS = ("auto", "torch", "triton")
+_fps_backend = os.environ.get("POINTPEFT_FPS", "auto")
 
+
+def set_fps_backend(name: str) -> None:
+    """auto: the one-launch Triton kernel where it can run (CUDA with triton), else the
+    PyTorch loop; torch / triton force one (triton fails where it cannot run).
+    The environment variable POINTPEFT_FPS sets the starting value (Ray workers inherit it)."""
+    global _fps_backend
+    if name not in FPS_BACKENDS:
+        raise ValueError(f"FPS backend must be one of {', '.join(FPS_BACKENDS)}, got {name!r}")
+    _fps_backend = name
+
+
+def fps_backend_for(points: torch.Tensor) -> str:
+    """The backend that samples `points`: 'triton' or 'torch'."""
+    if _fps_backend == "torch":
+        return "torch"
+    if fps_triton.usable(points):
+        return "triton"
+    if _fps_backend == "triton":
+        raise RuntimeError(f"FPS backend 'triton' cannot sample {tuple(points.shape)} points on "
+                           f"{points.device}: it needs triton and xyz clouds on a CUDA device")
+    return "torch"
+
+
+# Compiled models run it eagerly (engine/acceleration.py): a Python loop unrolled into
+# the graph only slows compilation, and the Triton kernel is one launch already.
+@torch.compiler.disable
 def farthest_point_sample(
     points: torch.Tensor,
     num_samples: int,
@@ -26,7 +57,8 @@ def farthest_point_sample(
     """Indices (B, num_samples) of farthest point sampling over points (B, N, D).
 
     start="first" begins at index 0 like the published CUDA op; "random" draws
-    the first index per sample. Ties resolve to the lowest index.
+    the first index per sample. Ties resolve to the lowest index. Both backends
+    (see :func:`set_fps_backend`) give the same indices.
     """
     _check_cloud(points, "points")
     batch, count, _ = points.shape
@@ -37,7 +69,21 @@ def farthest_point_sample(
     if num_samples < 1:
         raise ValueError(f"farthest_point_sample: num_samples must be >= 1, got {num_samples}")
     device = points.device
-    pts = points.float()
+    if start == "first":
+        current = torch.zeros(batch, dtype=torch.long, device=device)
+    elif start == "random":
+        current = torch.randint(count, (batch,), device="cpu", generator=generator).to(device)
+    else:
+        raise ValueError(f"farthest_point_sample: start must be 'first' or 'random', got {start!r}")
+    if fps_backend_for(points) == "triton":
+        return fps_triton.farthest_point_sample(points, num_samples, current, min_norm_sq)
+    return _farthest_point_sample_loop(points.float(), num_samples, current, min_norm_sq)
+
+
+def _farthest_point_sample_loop(pts: torch.Tensor, num_samples: int, current: torch.Tensor,
+                                min_norm_sq: float) -> torch.Tensor:
+    batch, count, _ = pts.shape
+    device = pts.device
     # Running distances start at 1e10 as in the published kernel. Points it
     # skips start at -1: min(-1, d) stays -1, so they only win when nothing
     # else is selectable, with no extra work per step. The kernel compares a
@@ -45,12 +91,6 @@ def farthest_point_sample(
     nearest = torch.full((batch, count), 1e10, device=device, dtype=pts.dtype)
     if min_norm_sq > 0:
         nearest.masked_fill_((pts * pts).sum(-1).double() <= min_norm_sq, -1.0)
-    if start == "first":
-        current = torch.zeros(batch, dtype=torch.long, device=device)
-    elif start == "random":
-        current = torch.randint(count, (batch,), device="cpu", generator=generator).to(device)
-    else:
-        raise ValueError(f"farthest_point_sample: start must be 'first' or 'random', got {start!r}")
     chosen = [current]
     # A handful of kernels per step and no host sync: on a GPU the loop is
     # bound by launches, not arithmetic.
@@ -63,6 +103,7 @@ def farthest_point_sample(
     return torch.stack(chosen, dim=1)
 
 
+@torch.compiler.disable  # its CPU tie check reads a value on the host: a graph break
 def knn_indices(query: torch.Tensor, reference: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (B, M, k) of the k nearest reference points (B, N, D) of each query (B, M, D).
 

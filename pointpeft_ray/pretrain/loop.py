@@ -17,7 +17,7 @@ import torch
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..engine import build
 from ..engine.context import InProcessContext, Snapshot
-from ..engine.loop import optimizer_step, sum_across_ranks
+from ..engine.loop import StepGuard, sum_across_ranks
 from ..errors import ConfigError
 from .checkpoint import write_pretrain_checkpoint
 from .config import PretrainConfig
@@ -50,7 +50,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
     model = PointMAEPretrainModel(config.model.backbone_config(), config.mae).to(device)
     result = PretrainResult(total_params=sum(p.numel() for p in model.parameters()))
     model = context.wrap_model(model)
-    optimizer = torch.optim.AdamW(build.parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr)
+    optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay), config.optim.lr, device)
     start_epoch = _restore(context, model, optimizer, result, echo)
     loader = _train_loader(spec, data, config, context)
     use_bf16 = config.bf16 and device.type == "cuda"
@@ -100,17 +100,17 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
 def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, device, use_bf16: bool) -> dict:
     model.train()
     loader.set_epoch(epoch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, seen = 0.0, 0
+    guard = StepGuard(optimizer, [p for p in model.parameters() if p.requires_grad], config.optim.grad_clip, epoch,
+                      what="pre-training loss")
+    seen = 0
     start = time.perf_counter()
     for step, batch in enumerate(loader):
-        points = batch.points.to(device, non_blocking=True)
+        points = batch.to(device).points
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(points)
-        loss_value = optimizer_step(loss, optimizer, params, config.optim.grad_clip, epoch, step,
-                                    what="pre-training loss")
-        loss_sum += loss_value * points.shape[0]
+        guard.step(loss, step, points.shape[0])
         seen += points.shape[0]
+    loss_sum = guard.check()
     seconds = time.perf_counter() - start
     # Every rank's share, so the reported loss and throughput cover the whole epoch.
     totals = sum_across_ranks(torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device))
