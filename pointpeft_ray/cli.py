@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .configuration import check_name, name_from_path
 from .errors import PointPEFTError
 
 
@@ -151,20 +152,24 @@ def _print_epoch(metrics: dict) -> None:
     print(format_epoch(metrics), flush=True)
 
 
-def _run_train(args) -> int:
-    from pathlib import Path
+def _check_name_flag(args) -> None:
+    if args.name is not None:
+        check_name(args.name, "--name")
 
+
+def _run_train(args) -> int:
     from .bench.report import write_json
     from .distributed.train import RayRunSpec
     from .engine.config import TrainConfig
 
+    _check_name_flag(args)
     config = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
     if args.compile:
         config = config.replace(compile=True)
     spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
-                      cpus_per_worker=args.cpus_per_worker, name=args.name or Path(args.config).stem,
+                      cpus_per_worker=args.cpus_per_worker, name=args.name or name_from_path(args.config),
                       storage_path=args.storage, max_failures=args.max_failures)
     try:
         summary = _train_in_process(config, spec) if args.in_process else _train_on_ray(config, spec, args.address)
@@ -217,8 +222,9 @@ def _run_pretrain(args) -> int:
     from .bench.report import write_json
     from .pretrain.config import PretrainConfig
 
+    _check_name_flag(args)
     config = PretrainConfig.from_yaml(args.config)
-    name = args.name or Path(args.config).stem
+    name = args.name or name_from_path(args.config)
     # A local folder per run name: in-process runs resume from it (as Ray runs do by name)
     # and the checkpoint lands in it by default; a storage URI keeps only Ray's state.
     local_storage = args.storage if args.storage and "://" not in args.storage else "runs"
@@ -311,6 +317,9 @@ def _add_tune(commands) -> None:
     p.add_argument("--name", default=None, help="experiment name (default: the space's file stem)")
     p.add_argument("--storage", default=None, help="storage path or pyarrow.fs URI (default: ./runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild a damaged trials/epochs table from Ray Tune's trial folders (the damaged file is "
+                   "kept beside it), then stop; add --resume to continue the search after the repair")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU between trials")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP) per trial")
@@ -325,23 +334,23 @@ def _add_tune(commands) -> None:
 
 def _run_tune(args) -> int:
     from dataclasses import asdict
-    from pathlib import Path
 
     from .bench.report import write_json
     from .distributed.tune import SearchSpec, run_search
     from .engine.config import TrainConfig
     from .search.space import SearchSpace
 
+    _check_name_flag(args)
     base = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         base = base.replace(optim=base.optim.replace(epochs=args.epochs).model_dump())
     space = SearchSpace.from_yaml(args.space)
-    spec = SearchSpec(samples=args.samples, name=args.name or Path(args.space).stem, storage_path=args.storage,
+    spec = SearchSpec(samples=args.samples, name=args.name or name_from_path(args.space), storage_path=args.storage,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, seed=args.seed,
                       asha=not args.no_asha, grace_period=args.grace_period, multi_objective=args.multi_objective)
     try:
-        outcome = run_search(base, space, spec, args.address, resume=args.resume)
+        outcome = run_search(base, space, spec, args.address, resume=args.resume, repair=args.repair)
     except KeyboardInterrupt:
         print("pointpeft-ray: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ into one readable :class:`ConfigError`.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,6 +15,27 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
+
+
+# Names that become folders (run, search, job, task labels): one path component,
+# never '..', never absolute.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_MAX_LENGTH = 100
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it is safe as one folder under a storage path, else a ConfigError."""
+    if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or len(name) > NAME_MAX_LENGTH:
+        raise ConfigError(f"{what} {name!r}: expected letters, digits, '_', '.' or '-', starting with a letter "
+                          f"or digit, at most {NAME_MAX_LENGTH} characters (it becomes a folder under the storage "
+                          "path: no '/', no '..')")
+    return name
+
+
+def name_from_path(path) -> str:
+    """A default run name from a file's stem, made safe by :func:`check_name`'s rules."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).lstrip("._-")[:NAME_MAX_LENGTH]
+    return cleaned or "run"
 
 
 class StrictConfig(BaseModel):

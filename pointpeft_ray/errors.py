@@ -25,3 +25,8 @@ class DataFormatError(PointPEFTError):
 class ResultsError(PointPEFTError):
     """A results table cannot be built, written or read (bad record, missing file, wrong
     schema version)."""
+
+
+class DamagedRecordError(ResultsError):
+    """A results table exists but cannot be read: it is left as it is (never replaced
+    silently) until the user repairs it."""

@@ -7,6 +7,11 @@ running search. On `--resume` the callback starts from the tables already writte
 rows are keyed by (trial, epoch), so nothing is counted twice. A killed driver may not have
 written its last few seconds of reports; a trial resumed from its checkpoint reports the
 epochs that checkpoint holds (engine.loop.RESTORED_EPOCHS_KEY), which fills them in.
+
+A table that exists but cannot be read stops the search before anything is written
+(DamagedRecordError), so a damaged record is never replaced by an empty one. `repair`
+rebuilds it from what still reads and from Ray Tune's own per-trial record (each trial
+folder's params.json, result.json and error.txt), keeping the damaged file beside it.
 """
 from __future__ import annotations
 
@@ -14,15 +19,17 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+
+import pyarrow as pa
 
 from ray.tune import Callback
 
 from ..engine.config import TrainConfig
 from ..engine.loop import RESTORED_EPOCHS_KEY
-from ..errors import ResultsError
+from ..errors import DamagedRecordError, ResultsError
 from ..results.best_config import best_trial, write_best_config
-from ..results.storage import is_uri
+from ..results.storage import exists_at, is_uri
 from ..results.tables import (EPOCH_COLUMNS, PARAM_PREFIX, epochs_table, final_and_best, read_epochs, read_trials,
                               trials_table)
 from ..search.space import SearchSpace
@@ -152,20 +159,128 @@ class SearchRecorder(Callback):
         Path(self.experiment_dir).mkdir(parents=True, exist_ok=True)
         return str(Path(self.experiment_dir) / name)
 
+    def has_record(self) -> bool:
+        """Whether the experiment folder holds this recorder's tables already."""
+        return any(self._exists(self._path(name)) for name in (TRIALS_FILE, EPOCHS_FILE))
+
     def load_written(self) -> None:
-        """A resumed search starts from what was recorded before the interruption."""
+        """A resumed search starts from what was recorded before the interruption.
+        Absent tables: nothing recorded yet. Present but unreadable: DamagedRecordError."""
+        trials = self._read_if_present(TRIALS_FILE, read_trials)
+        epochs = self._read_if_present(EPOCHS_FILE, read_epochs)
+        if epochs is not None:
+            self._load_epochs(epochs)
+        if trials is not None:
+            self._load_trials(trials)
+
+    def repair(self) -> dict:
+        """Rebuild the tables from those that still read and Ray Tune's trial folders; a
+        damaged table is renamed to NAME.damaged-TIME first. Returns what was done."""
+        if is_uri(self.experiment_dir):
+            raise ResultsError(f"--repair needs a local folder: copy {self.experiment_dir} to this machine, repair "
+                               "it there, and copy it back")
+        moved = {}
+        for name, reader, load in ((TRIALS_FILE, read_trials, self._load_trials),
+                                   (EPOCHS_FILE, read_epochs, self._load_epochs)):
+            try:
+                table = self._read_if_present(name, reader)
+            except DamagedRecordError:
+                path = Path(self._path(name))
+                aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                path.rename(aside)
+                moved[name] = str(aside)
+                continue
+            if table is not None:
+                load(table)
+        folders = self._load_trial_folders()
+        self.write()
+        return {"moved_aside": moved, "trial_folders": folders, "trials": len(self.trials),
+                "epochs": len(self.epochs)}
+
+    def _read_if_present(self, name: str, reader: Callable[[str], pa.Table]) -> Optional[pa.Table]:
+        path = self._path(name)
+        if not self._exists(path):
+            return None
         try:
-            trials, epochs = read_trials(self._path(TRIALS_FILE)), read_epochs(self._path(EPOCHS_FILE))
-        except Exception:  # nothing recorded yet (or unreadable): start empty
-            return
-        for row in epochs.to_pylist():
+            return reader(path)
+        except ResultsError as err:
+            raise DamagedRecordError(
+                f"{err}. The search's record is left as it is; rebuild it from Ray Tune's trial folders with the "
+                "same tune command plus --repair (the damaged file is kept beside it)") from None
+
+    @staticmethod
+    def _exists(path: str) -> bool:
+        return exists_at(path) if is_uri(path) else Path(path).exists()
+
+    def _load_epochs(self, table: pa.Table) -> None:
+        for row in table.to_pylist():
             self.epochs[(row["trial_id"], int(row["epoch"]))] = row
-        for row in trials.to_pylist():
+
+    def _load_trials(self, table: pa.Table) -> None:
+        for row in table.to_pylist():
             params = {k[len(PARAM_PREFIX):]: v for k, v in row.items() if k.startswith(PARAM_PREFIX) and v is not None}
             self.trials[row["trial_id"]] = {
                 "trial_id": row["trial_id"], "status": row["status"], "stop_reason": row["stop_reason"],
                 "params": params, "trainable_params": row["trainable_params"], "wall_seconds": row["wall_seconds"],
                 "node": row["node"], "error": row["error"]}
+
+    def _load_trial_folders(self) -> int:
+        """Fill in, from Ray Tune's per-trial files, the epochs and trials the loaded
+        tables lack (rows they hold are kept as they are). Returns the folders read."""
+        names = set(self.space.parameter_names())
+        folders = 0
+        for folder in sorted(Path(self.experiment_dir).glob("*/params.json")):
+            folder = folder.parent
+            results = _read_results(folder / "result.json")
+            trial_id = results[-1]["trial_id"] if results else _trial_id_of(folder.name)
+            if trial_id is None:
+                continue
+            folders += 1
+            for result in results:
+                for earlier in json.loads(result.get(RESTORED_EPOCHS_KEY) or "[]"):
+                    self.epochs.setdefault((trial_id, int(earlier["epoch"])), self._epoch_row(trial_id, earlier))
+                if "epoch" in result:
+                    self.epochs.setdefault((trial_id, int(result["epoch"])), self._epoch_row(trial_id, result))
+            if trial_id not in self.trials:
+                params = {k: v for k, v in json.loads((folder / "params.json").read_text()).items() if k in names}
+                self.trials[trial_id] = self._rebuilt_record(trial_id, params, results, folder)
+        return folders
+
+    def _rebuilt_record(self, trial_id: str, params: dict, results: list[dict], folder: Path) -> dict:
+        last = results[-1] if results else {}
+        record = {"trial_id": trial_id, "params": params, "node": last.get("node_id") or last.get("node_ip"),
+                  "trainable_params": last.get("trainable_params"), "wall_seconds": last.get("time_total_s")}
+        error_file = folder / "error.txt"
+        epochs = max((epoch for (tid, epoch) in self.epochs if tid == trial_id), default=0)
+        planned = params.get("optim.epochs", self.base.optim.epochs)
+        if error_file.is_file():
+            record.update(status="failed", stop_reason="error",
+                          error=_summarised_traceback(_ANSI.sub("", error_file.read_text(errors="replace"))))
+        elif epochs >= planned:
+            record.update(status="completed", stop_reason=f"finished {epochs} epochs")
+        else:
+            record.update(status="stopped", stop_reason=f"rebuilt from its trial folder after epoch {epochs} "
+                                                        "(stopped early or interrupted)")
+        return record
+
+
+def _read_results(path: Path) -> list[dict]:
+    """Ray Tune's result.json: one JSON object per report; a line cut off by a crash is skipped."""
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in results if isinstance(r, dict) and r.get("trial_id")]
+
+
+def _trial_id_of(folder_name: str) -> Optional[str]:
+    """Tune's trial folder names: TRAINABLE_TRIALID_INDEX_..."""
+    match = re.match(r"^_?[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*?_([0-9a-f]{8})_\d+_", folder_name)
+    return match.group(1) if match else None
 
 
 def _error_text(trial) -> Optional[str]:

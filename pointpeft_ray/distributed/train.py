@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..configuration import check_name
 from ..engine.config import TrainConfig
 
 SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
@@ -27,6 +28,9 @@ class RayRunSpec:
     name: str = "pointpeft-train"
     storage_path: str | None = None  # local folder or pyarrow.fs URI; default ./runs
     max_failures: int = 0
+
+    def __post_init__(self):
+        check_name(self.name, "run name")
 
     def resolved(self) -> "RayRunSpec":
         """CPUs per worker filled in from the running cluster. Ray sets a worker's torch

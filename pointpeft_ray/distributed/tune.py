@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..search.space import SearchSpace
@@ -39,6 +40,9 @@ class SearchSpec:
     multi_objective: bool = False  # maximise accuracy and minimise trainable parameters
     max_failures: int = 1  # retries of a crashed trial, from its last checkpoint
 
+    def __post_init__(self):
+        check_name(self.name, "search name")
+
     def storage(self) -> str:
         return self.storage_path or str(Path("runs").resolve())
 
@@ -57,21 +61,36 @@ class SearchOutcome:
 
 
 def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
-               resume: bool = False, echo=print, callbacks: tuple = ()) -> SearchOutcome:
+               resume: bool = False, echo=print, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
     """Search `space` around `base`; returns where the results are and the best trial.
-    `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline)."""
+    `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline).
+    `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
+    A name that already holds a search is refused unless `resume` (or `repair`) says what to do."""
+    import ray.tune
+
     from ..engine.loop import prepare_run
     from .cluster import ensure_ray
     from .recorder import SearchRecorder
     from .weights import share_checkpoints
 
+    recorder = SearchRecorder(spec.experiment_dir(), space, base.replace(eval_every=1, run_dir=None))
+    if repair:
+        done = recorder.repair()
+        moved = ", ".join(f"{name} -> {aside}" for name, aside in done["moved_aside"].items()) or "none"
+        echo(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in {spec.experiment_dir()} "
+             f"(from {done['trial_folders']} trial folders; damaged files kept: {moved})")
+        if not resume:
+            return recorder.outcome()
+    elif not resume and (recorder.has_record() or ray.tune.Tuner.can_restore(spec.experiment_dir())):
+        raise ConfigError(f"{spec.experiment_dir()} already holds a search named {spec.name!r}: continue it with "
+                          "--resume, or choose another --name (nothing was changed)")
+    recorder.load_written()  # a damaged table stops here, before anything is written
     ensure_ray(address)
     # Keeping one checkpoint per trial makes Tune save the experiment's state at each one,
     # and warn about it every time; a few KB a save is no bottleneck here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
     prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
-    recorder = SearchRecorder(spec.experiment_dir(), space, base)
     # The pre-trained weights: read here once, then from each node's object store (trials
     # on nodes without the driver's files find them there).
     weights = share_checkpoints([base]).get(base.model.checkpoint)

@@ -10,12 +10,12 @@ from typing import Annotated, Literal, Mapping, Optional
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
-from ..configuration import StrictConfig
+from ..configuration import NAME_MAX_LENGTH, NAME_PATTERN, StrictConfig
 from ..search.paths import deep_merge
 
 Mode = Literal["peft", "full", "linear"]
 # Run labels become folder and Ray run names.
-Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+Label = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
 Cpus = Annotated[float, Field(gt=0)]
 
 
