@@ -39,7 +39,8 @@ def name_from_path(path) -> str:
 
 
 class StrictConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # inf / nan are never a valid setting (an lr of .inf would only fail later, as a NaN loss)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         _reject_unknown_keys(type(self), data, where=type(self).__name__)
@@ -70,14 +71,21 @@ class StrictConfig(BaseModel):
 
 
 def read_yaml_mapping(path: str | Path) -> dict:
-    """A YAML file whose top level is a mapping (an empty file is {}); errors name the file."""
+    """A YAML file whose top level is a mapping; errors name the file. An empty file is an
+    error: it would otherwise start a run on every default, which nobody means."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                          "save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; write the settings to change (see configs/ for examples), "
+                          "or `{}` to run on every default")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
     return raw

@@ -168,6 +168,31 @@ def test_points_files(trained, tmp_path):
     with pytest.raises(Exception, match="60 clouds but 3 labels"):
         np.savez(tmp_path / "short.npz", points=split.points, labels=np.arange(3))
         read_points_file(tmp_path / "short.npz")
+    with pytest.raises(Exception, match=r"must be real numbers .* found complex64"):
+        np.save(tmp_path / "complex.npy", split.points[:2].astype(np.complex64))
+        read_points_file(tmp_path / "complex.npy")
+    with pytest.raises(Exception, match="clouds of 1,000,001 points; at most 1,000,000 are read: downsample"):
+        np.save(tmp_path / "huge.npy", np.zeros((1_000_001, 3), dtype=np.float16))
+        read_points_file(tmp_path / "huge.npy")
+
+
+def test_longer_clouds_from_a_file_are_reduced_by_fps_and_said_so(trained, bank, tmp_path, capsys):
+    """A points file's clouds longer than the task's are reduced by farthest point sampling
+    (never silently cut to their first points), and the output says so."""
+    from pointpeft_ray.models.ops import farthest_point_sample, gather_points
+
+    split = _test_split(trained, "clean")
+    torch.manual_seed(0)
+    extra = torch.rand(4, 300, 3) * 2 - 1  # 256 task points plus 300 more, in front
+    clouds = torch.cat([extra, torch.from_numpy(np.array(split.points[:4]))], dim=1)
+    points_file = write_points_file(tmp_path / "long.npz", clouds.numpy(), split.labels[:4])
+    code, out, _ = _cli(capsys, "--bank", str(bank), "--task", "clean", str(points_file), "--device", "cpu",
+                        "--quiet")
+    assert code == 0 and "clouds of 556 points reduced to the task's 256 by farthest point sampling" in out
+    opened = AdapterBank.open(bank, device="cpu")
+    expected = gather_points(clouds, farthest_point_sample(clouds, 256))
+    torch.testing.assert_close(opened.preprocess("clean", clouds.numpy(), longer="fps"), expected)
+    assert torch.equal(opened.preprocess("clean", clouds.numpy())[:, :256], clouds[:, :256])  # stored order
 
 
 def test_clear_errors(trained, bank, tmp_path, capsys):

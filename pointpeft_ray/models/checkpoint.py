@@ -72,8 +72,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"beyond tensors and plain containers, and is only read with weights_only=True. "
             f"Re-save its state dict alone if you trust it. Detail: {str(err).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a file it cannot parse
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {detail})") from None
     return strip_prefixes(_model_state(obj, path))
 
 
@@ -139,9 +140,25 @@ def load_checkpoint(module: nn.Module, path: str | Path, verbose: bool = False,
         raise CheckpointError(
             f"{path}: no tensor name matches the model (first checkpoint keys: {list(state)[:5]})"
         )
+    _check_feature_tensors(path, target, state)
     if verbose:
         print(report)
     return report
+
+
+# The tensors that make the backbone's features: a checkpoint must hold every one of them
+# (a pre-training lacks only the cls token/position and the head, which train).
+FEATURE_PREFIXES = ("encoder.", "reduce_dim.", "pos_embed.", "blocks.")
+
+
+def _check_feature_tensors(path, target: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
+    required = [key for key in target if key.startswith(FEATURE_PREFIXES)]
+    absent = [key for key in required if key not in state]
+    if absent:
+        raise CheckpointError(
+            f"{path}: holds {len(required) - len(absent)} of the backbone's {len(required)} feature tensors (patch "
+            f"encoder, positional embedding, transformer blocks); missing {_summarise(absent)[:6]}. Is it a "
+            "checkpoint of this backbone size (model.preset / model.backbone)?")
 
 
 def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:

@@ -515,12 +515,13 @@ class AdapterBank:
                 tensors[key].copy_(value)
 
     # ---- prediction ----------------------------------------------------------
-    def preprocess(self, name: str, points, all_points: bool = False) -> torch.Tensor:
-        """Clouds (N, P, 3) or one (P, 3) as the test loader feeds them: the first
-        `num_points` of each (the task's prepared clouds are stored in FPS order where
-        they are longer), or every point with `all_points` (published voting draws its
-        own), nothing else (centring and scaling happen when a task's data is prepared,
-        so pass clouds as the task's cache holds them)."""
+    def preprocess(self, name: str, points, all_points: bool = False, longer: str = "first") -> torch.Tensor:
+        """Clouds (N, P, 3) or one (P, 3) as the test loader feeds them: clouds longer
+        than the task's `num_points` keep their first `num_points` (longer="first": the
+        task's prepared clouds are stored in FPS order) or are reduced by farthest point
+        sampling (longer="fps": any other clouds); every point with `all_points`
+        (published voting draws its own). Nothing else: centring and scaling happen when
+        a task's data is prepared, so pass clouds as the task's cache holds them."""
         record = self.entry(name)
         clouds = torch.from_numpy(np.array(points, dtype=np.float32))  # a copy: memory-mapped splits are read-only
         if clouds.ndim == 2:
@@ -538,13 +539,19 @@ class AdapterBank:
             raise DataFormatError(f"clouds of {clouds.shape[1]} points are too small for this backbone "
                                   f"(num_group {conf.num_group}, group_size {conf.group_size})")
         if clouds.shape[1] > record["num_points"] and not all_points:
-            clouds = clouds[:, :record["num_points"]]
+            if longer == "fps":
+                from ..models.ops import farthest_point_sample, gather_points
+
+                clouds = gather_points(clouds, farthest_point_sample(clouds, record["num_points"]))
+            else:
+                clouds = clouds[:, :record["num_points"]]
         return clouds.contiguous()
 
     def predict(self, name: str, points, batch_size: int | None = None, views: int | None = None,
-                seed: int | None = None) -> Prediction:
+                seed: int | None = None, longer: str = "first") -> Prediction:
         """Classify clouds with entry `name`. Defaults repeat the run's evaluation: its batch
-        size, its test-time voting views (made as its recipe makes them, averaged) and seed."""
+        size, its test-time voting views (made as its recipe makes them, averaged) and seed.
+        `longer`: how clouds longer than the task's point count are reduced (preprocess)."""
         from ..data.transforms import Voting
         from ..engine.loop import voted_logits
 
@@ -554,7 +561,7 @@ class AdapterBank:
         if batch_size < 1 or views < 1:
             raise PointPEFTError(f"batch size and views must be at least 1, got {batch_size} and {views}")
         voting = Voting(views, (record.get("config") or {}).get("recipe", "ours"), record["num_points"])
-        clouds = self.preprocess(name, points, all_points=voting.draws_points)
+        clouds = self.preprocess(name, points, all_points=voting.draws_points, longer=longer)
         model = self.model_for(name)
         gen = torch.Generator().manual_seed(record["eval_seed"] if seed is None else seed)
         outputs = []
@@ -586,9 +593,12 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- points files
 
 
+MAX_POINTS_PER_CLOUD = 1_000_000  # far above any dataset's; beyond it, downsample before predicting
+
+
 def read_points_file(path: str | Path) -> PointsFile:
-    """`.npy`: an array (N, P, 3) or (P, 3). `.npz`: `points` as above, optionally
-    `labels` (N,) integers and `class_names` (K,) strings."""
+    """`.npy`: an array (N, P, 3) or (P, 3) of real numbers. `.npz`: `points` as above,
+    optionally `labels` (N,) integers and `class_names` (K,) strings."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"points file not found: {path}")
@@ -611,9 +621,13 @@ def read_points_file(path: str | Path) -> PointsFile:
         raise DataFormatError(f"{path}: not a readable numpy file ({err})") from None
     if points.ndim == 2:
         points = points[None]
-    if points.ndim != 3 or points.shape[-1] != 3 or not np.issubdtype(points.dtype, np.number):
-        raise DataFormatError(f"{path}: 'points' must be numbers shaped (clouds, points, 3) or (points, 3), "
+    real = np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)
+    if points.ndim != 3 or points.shape[-1] != 3 or not real:
+        raise DataFormatError(f"{path}: 'points' must be real numbers shaped (clouds, points, 3) or (points, 3), "
                               f"found {points.dtype} {points.shape}")
+    if points.shape[1] > MAX_POINTS_PER_CLOUD:
+        raise DataFormatError(f"{path}: clouds of {points.shape[1]:,} points; at most {MAX_POINTS_PER_CLOUD:,} are "
+                              "read: downsample them first (the model takes a few thousand)")
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         if not np.issubdtype(labels.dtype, np.integer):

@@ -77,7 +77,11 @@ def run_predict(args) -> int:
                                   f"{record['num_classes']} classes of entry {name!r}")
         swaps = bank.swaps
         start = time.perf_counter()
-        prediction = bank.predict(name, points, batch_size=args.batch, views=args.views)
+        if given is not None and points.shape[1] > record["num_points"]:
+            print(f"{name}: clouds of {points.shape[1]:,} points reduced to the task's {record['num_points']:,} by "
+                  "farthest point sampling")
+        prediction = bank.predict(name, points, batch_size=args.batch, views=args.views,
+                                  longer="fps" if given is not None else "first")
         seconds = time.perf_counter() - start
         class_names = record.get("class_names")
         if not class_names and file_names and len(file_names) == record["num_classes"]:

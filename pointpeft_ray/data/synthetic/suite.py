@@ -45,8 +45,12 @@ def make_split(variant: str, split: str, samples_per_class: int | None = None, n
         if split not in DEFAULT_SAMPLES:
             raise ValueError(f"no default sample count for split {split!r}; pass samples_per_class")
         samples_per_class = DEFAULT_SAMPLES[split]
-    if samples_per_class < 1 or num_points < 16 or not split:
-        raise ValueError("need a split name, samples_per_class >= 1 and num_points >= 16")
+    if not split:
+        raise ValueError("a split name is needed (train or test)")
+    if samples_per_class < 1:
+        raise ValueError(f"task option samples_per_class must be >= 1, got {samples_per_class}")
+    if num_points < 16:
+        raise ValueError(f"task option points must be >= 16, got {num_points}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     jobs = [(c, i) for i in range(samples_per_class) for c in range(len(CLASS_NAMES))]
