@@ -18,7 +18,7 @@ the classification head (published: 256 wide, which alone is most of what PEFT t
 the published r = 16 is C/24 on the 384-wide backbone, C/4 on the 64-wide one). One --out
 folder per setting (the script refuses to mix them).
 
-The README's acceptance table (PEFT within a point of full fine-tuning at 4.8%): a longer
+The acceptance table (docs/experiments.md) (PEFT within a point of full fine-tuning at 4.8%): a longer
 pre-training on more clouds is what it takes on `tiny`:
 
     python scripts/experiments_acceptance.py --preset tiny --pretrain-samples-per-class 200 \

@@ -1,4 +1,4 @@
-"""The published-compatibility ablation (docs/published_compatibility.md).
+"""The published-compatibility ablation (docs/experiments.md, "Ablation").
 
 On the acceptance table's setting (the `tiny` backbone pre-trained on 3,000 synth/clean
 clouds for 100 epochs; 40 clouds per class; 56-wide head, adapter r = 4, lr 5e-3), one
@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def acceptance_settings(epochs: int) -> argparse.Namespace:
-    """The acceptance table's tiny setting (scripts/experiments_acceptance.py, README)."""
+    """The acceptance table's tiny setting (scripts/experiments_acceptance.py, docs/experiments.md)."""
     return argparse.Namespace(preset="tiny", pretrain_epochs=100, pretrain_samples_per_class=200,
                               samples_per_class=None, head_hidden=56, peft={"adapter_dim": 4}, lr={},
                               epochs=epochs)

@@ -22,7 +22,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Ray Train also starts a preemption watcher per run: one more idle process, polling
     # for the draining of nodes (spot reclaim, autoscaler). This embedded Ray is one
     # node that nothing drains, and on a small machine every idle process takes from
-    # the run (this one about 0.5% of 2 cores by its CPU time; README, Ray Train overhead).
+    # the run (this one about 0.5% of 2 cores by its CPU time; docs/benchmarks.md, "Ray Train overhead").
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # The dashboard (bound to loopback) also serves the state API that Ray
     # Train's clean-up monitor polls; without it that monitor logs warnings.

@@ -77,7 +77,7 @@ class ScheduleSection(StrictConfig):
 
 
 class OptimSection(ScheduleSection):
-    """The published fine-tune recipe (SPEC 3)."""
+    """The published fine-tune recipe (docs/method.md, "Published recipe")."""
 
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
@@ -87,7 +87,7 @@ class TrainConfig(StrictConfig):
     recipe: Literal["ours", "published"] = Field(
         "ours", description="published: the published code's training recipe (augmentation, point order, "
         "voting, weight-decay rule, schedule) and PEFT behaviour (peft preset 'published' unless peft.preset "
-        "says otherwise); see docs/published_compatibility.md")
+        "says otherwise); see docs/method.md, \"Differences from the published code\"")
     model: ModelSection = Field(default_factory=ModelSection)
     peft: dict = Field(default_factory=dict, description="PointPEFTConfig fields (over the model preset's), and "
                        "optionally preset: ours | published (the published behaviour switches)")

@@ -21,7 +21,7 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    # Point-MAE on ScanObjectNN (SPEC 1): 22.1M parameters.
+    # Point-MAE on ScanObjectNN (docs/method.md, "Backbone"): 22.1M parameters.
     "point_mae": ModelPreset(BackboneConfig(), num_points=2048),
     # A CPU-sized backbone with the same structure.
     "small": ModelPreset(

@@ -49,7 +49,8 @@ class PretrainDataSection(StrictConfig):
 
 
 class PretrainOptimSection(ScheduleSection):
-    """The published pre-training recipe (SPEC 6); the schedule is the fine-tune one."""
+    """The published pre-training recipe (docs/method.md, "Published recipe"); the schedule
+    is the fine-tune one."""
 
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)

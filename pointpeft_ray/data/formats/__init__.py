@@ -1,4 +1,4 @@
-"""Readers for the public point-cloud dataset formats (SPEC section 5).
+"""Readers for the public point-cloud dataset formats (docs/method.md, "Dataset formats").
 
 Each returns a validated PointSplit (xyz float32, int64 labels, class names,
 source = the path read) and turns bad input into a DataFormatError that names

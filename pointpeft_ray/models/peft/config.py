@@ -5,7 +5,8 @@ space can refer to these field names and a saved adapter carries its config.
 The sizes default to the published ones; where our code differs from the
 published code in behaviour, a field names the difference and
 `PointPEFTConfig.published()` selects the published behaviour for all of
-them (docs/published_compatibility.md lists each with its measured effect).
+them (docs/method.md, "Differences from the published code", lists each with
+its measured effect).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ...errors import ConfigError
 
 
 class PointPEFTConfig(StrictConfig):
-    # Point-prior Prompt (SPEC 2a)
+    # Point-prior Prompt (docs/method.md, "Point-prior Prompt")
     prompt_length: int = Field(10, ge=0, le=256, description="P: prompt tokens per prompted block (0 = no prompt)")
     prompt_depth: int = Field(6, ge=0, description="L: prompted blocks, counted from the first")
     prompt_dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -54,7 +55,7 @@ class PointPEFTConfig(StrictConfig):
     exclude_self: bool = Field(True, description="while training, a sample never retrieves itself (fix)")
     bank_seed: int = 0
 
-    # Geometry-aware Adapter (SPEC 2b)
+    # Geometry-aware Adapter (docs/method.md, "Geometry-aware Adapter")
     geometry_adapter: bool = True
     adapter_dim: int = Field(16, ge=1, description="r: bottleneck width of the adapters")
     adapter_init: Literal["zero", "xavier"] = Field(

@@ -1,4 +1,4 @@
-"""Geometry-aware Adapter (docs/published_compatibility.md, "Geometry-aware Adapter").
+"""Geometry-aware Adapter (docs/method.md, "Geometry-aware Adapter").
 
 The second-level grouping depends only on the token centres, so it is computed
 once per forward (:func:`token_geometry`) and shared by every block. Its

@@ -28,7 +28,8 @@ BITFIT_SUFFIXES = ("norm1.bias", "norm2.bias", "attn.proj.bias", "mlp.fc1.bias",
 
 
 def trainable_backbone_names(backbone: PointMAEBackbone, config: PointPEFTConfig) -> list[str]:
-    """Backbone parameters that train under PEFT (SPEC 2): BitFit biases, cls token/pos, final norm."""
+    """Backbone parameters that train under PEFT (docs/method.md, "What is trained"):
+    BitFit biases, cls token/pos, final norm."""
     names = []
     for name, _ in backbone.named_parameters():
         if config.train_bias and name.startswith("blocks.blocks.") and name.endswith(BITFIT_SUFFIXES):

@@ -1,5 +1,5 @@
-"""Point-prior Prompt (SPEC 2a): learnable deep prompts enriched from a memory bank
-through parameter-free attention."""
+"""Point-prior Prompt (docs/method.md, "Point-prior Prompt"): learnable deep prompts
+enriched from a memory bank through parameter-free attention."""
 from __future__ import annotations
 
 import torch

@@ -5,7 +5,7 @@
 switched on (`PointPEFTConfig.published()`), the pre-trained backbone from
 `pretrain.pth`, everything the published run trained from `ckpt-best.pth`, and the
 bank attached; its eval forward gives the published model's logits
-(docs/published_compatibility.md). Every file is checked before the model is
+(docs/method.md, "Differences from the published code"). Every file is checked before the model is
 returned: a wrong file is one error naming it and the key or shape, never a
 partly loaded model.
 """
