@@ -106,3 +106,15 @@ def test_the_name_flag_is_checked_before_any_work(tmp_path, command):
     assert run.returncode == 2, run.stderr
     assert "--name '../../escaped'" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_storage_path_that_is_a_file_is_named_before_ray_starts(tmp_path):
+    occupied = tmp_path / "runs"
+    occupied.write_text("not a folder")
+    for path in (occupied, occupied / "deeper"):
+        with pytest.raises(ConfigError, match=r"--storage .*: not a folder"):
+            RayRunSpec(storage_path=str(path))
+        with pytest.raises(ConfigError, match=r"--storage .*: not a folder"):
+            SearchSpec(storage_path=str(path))
+    RayRunSpec(storage_path=str(tmp_path / "new" / "folder"))  # missing folders are created later
+    SearchSpec(storage_path="s3://bucket/runs")  # URIs are the filesystem's to check

@@ -239,6 +239,10 @@ BAD_SPECS = [
      "parameter 'peft.top_k'.*'peft.prompt_length', which can be inactive"),
     ({"optim.lr": {"type": "categorical", "choices": [1e-4, "fast"]}}, "parameter 'optim.lr'.*'fast' is not valid"),
     ({"peft.bank_size": {"type": "categorical", "choices": [None, 256, 256]}}, "parameter 'peft.bank_size'.*listed twice"),
+    ({"optim.epochs": {"type": "int", "low": 1, "high": 10**20}},
+     "parameter 'optim.epochs'.*less than or equal to 9223372036854775807"),
+    ({"peft.bank_size": {"type": "categorical", "choices": [256, 10**20]}},
+     "parameter 'peft.bank_size'.*does not fit a 64-bit integer"),
 ]
 
 

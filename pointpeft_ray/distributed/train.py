@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..configuration import check_name
+from ..results.storage import check_storage_path
 from ..engine.config import TrainConfig
 
 SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
@@ -31,6 +32,7 @@ class RayRunSpec:
 
     def __post_init__(self):
         check_name(self.name, "run name")
+        check_storage_path(self.storage_path, "--storage")
 
     def resolved(self) -> "RayRunSpec":
         """CPUs per worker filled in from the running cluster. Ray sets a worker's torch

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..configuration import check_name
+from ..results.storage import check_storage_path
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..search.space import SearchSpace
@@ -42,6 +43,7 @@ class SearchSpec:
 
     def __post_init__(self):
         check_name(self.name, "search name")
+        check_storage_path(self.storage_path, "--storage")
 
     def storage(self) -> str:
         return self.storage_path or str(Path("runs").resolve())

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_file, atomic_write_text
-from ..errors import ResultsError
+from ..errors import ConfigError, ResultsError
 
 # pyarrow filesystem type names without an atomic rename.
 OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
@@ -26,6 +26,21 @@ OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 
 def is_uri(path) -> bool:
     return isinstance(path, str) and "://" in path
+
+
+def check_storage_path(storage, what: str = "storage path") -> None:
+    """A local storage path must be a folder or creatable as one: a file in its place
+    (or in place of a parent) is named now, before Ray starts, not as an OSError later."""
+    if storage is None or is_uri(storage):
+        return
+    path = Path(storage).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "" if candidate == path else f" (its parent {candidate} is a file)"
+                raise ConfigError(f"{what} {storage}: not a folder{where}; give a folder (created if missing) "
+                                  "or a pyarrow.fs URI")
+            return
 
 
 def write_table_atomic(table: pa.Table, path) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..configuration import StrictConfig
 from .expressions import Bound, BoundExpression, parse_bound
@@ -38,10 +38,15 @@ class FloatSpec(_Spec):
     step: Optional[float] = Field(None, gt=0)
 
 
+# Integer values are stored in int64 table columns: a bound beyond them is refused here,
+# not at the first table write.
+Int64 = Annotated[int, Field(ge=-2**63, le=2**63 - 1)]
+
+
 class IntSpec(_Spec):
     type: Literal["int"]
-    low: Union[int, str]
-    high: Union[int, str]
+    low: Union[Int64, str]
+    high: Union[Int64, str]
     step: int = Field(1, ge=1)
     log: bool = False
 
@@ -49,6 +54,14 @@ class IntSpec(_Spec):
 class CategoricalSpec(_Spec):
     type: Literal["categorical"]
     choices: list
+
+    @field_validator("choices")
+    @classmethod
+    def _int64_choices(cls, choices: list) -> list:
+        for choice in choices:
+            if isinstance(choice, int) and not isinstance(choice, bool) and not -2**63 <= choice < 2**63:
+                raise ValueError(f"choice {choice} does not fit a 64-bit integer (the results tables' type)")
+        return choices
 
 
 class FixedSpec(_Spec):
