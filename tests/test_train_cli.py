@@ -74,3 +74,36 @@ def test_ctrl_c_leaves_a_run_that_the_same_command_resumes(tmp_path):
     assert summary["epochs"] >= 3 and summary["best_checkpoint"].endswith("interrupted/best")
     for label in ("best accuracy", "trainable params", "wall time", "best checkpoint", "tensorboard --logdir"):
         assert label in done.stdout
+
+
+def test_ctrl_c_on_a_ray_run_stops_at_once_with_the_resume_hint(tmp_path):
+    """On Ray Train, Ctrl-C stops the workers at once (no epoch trains after it whose
+    checkpoint would never be registered) and says how to resume; the rerun does."""
+    config = _tiny_yaml(tmp_path, epochs=30)
+    run_dir = tmp_path / "runs" / "ray-interrupted"
+    command = [sys.executable, "-m", "pointpeft_ray.cli", "train", str(config), "--storage", str(tmp_path / "runs"),
+               "--name", "ray-interrupted"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None and not list(run_dir.glob("checkpoint_*")):
+        time.sleep(0.1)
+    assert list(run_dir.glob("checkpoint_*")), "no checkpoint appeared"
+    process.send_signal(signal.SIGINT)
+    interrupted_at = time.time()
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, out
+    assert time.time() - interrupted_at < 30
+    assert "rerun the same command to resume run 'ray-interrupted'" in out
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    registered = {c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]}
+    last_epoch = max(c["metrics"]["epoch"] for c in snapshot["checkpoint_results"])
+    # every epoch the workers finished was registered: none trained on after the interrupt
+    printed = [int(line.split("epoch")[1].split()[0]) for line in out.splitlines() if " epoch " in line
+               and "loss" in line]
+    assert max(printed) <= last_epoch + 1
+    assert {p.name for p in run_dir.glob("checkpoint_*")} - registered <= {max(
+        (p.name for p in run_dir.glob("checkpoint_*")), default="")}  # at most one cut short
+
+    done = subprocess.run(command + ["--epochs", str(last_epoch + 1)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[resume] from epoch {last_epoch}" in done.stdout + done.stderr

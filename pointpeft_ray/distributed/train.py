@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -148,7 +149,6 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
     Rerunning with the same name and storage resumes from the latest checkpoint.
     `weights`: model.checkpoint already in the object store (distributed.weights), else put there here."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from .cluster import ensure_ray
     from .weights import share_checkpoints
@@ -158,7 +158,7 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
     config = with_log_dir(config, spec)
     if weights is None:
         weights = share_checkpoints([config]).get(config.model.checkpoint)
-    trainer = TorchTrainer(
+    trainer = _interruptible_trainer_class()(
         _worker_loop,
         train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec, weights),
                            "weights": weights},
@@ -172,6 +172,40 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
         ),
     )
     return trainer.fit()
+
+
+def _interruptible_trainer_class():
+    """TorchTrainer whose Ctrl-C stops the run at once and reaches the caller as
+    KeyboardInterrupt (the CLI then prints how to resume). Ray's own handler asks the
+    controller to abort gracefully: the workers go on for epochs whose checkpoints are
+    never registered (a rerun trains them again), and the process exits without a word."""
+    import signal
+
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    class InterruptibleTorchTrainer(TorchTrainer):
+        def _register_sigint_handler(self, controller):
+            def stop(signum, frame):
+                # The workers are the controller's actors: they stop with it. The last
+                # registered checkpoint is what a rerun resumes from.
+                ray.kill(controller, no_restart=True)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, stop)
+
+        def fit(self):
+            previous = signal.getsignal(signal.SIGINT)
+            try:
+                return super().fit()
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, previous)
+
+    if not hasattr(TorchTrainer, "_register_sigint_handler"):  # another Ray version: its own handling
+        return TorchTrainer
+    return InterruptibleTorchTrainer
 
 
 def best_checkpoint(result):
