@@ -21,7 +21,10 @@ def finished_search(local_ray, tmp_path_factory):
     """One finished 3-trial search (one trial fails by design), copied per test."""
     tmp = tmp_path_factory.mktemp("search")
     spec = SearchSpec(samples=3, name="search", storage_path=str(tmp / "runs"), seed=1, max_failures=0, asha=False)
-    outcome = run_search(_base(tmp), _space(tmp), spec, echo=lambda *_: None)
+    lines = []
+    outcome = run_search(_base(tmp), _space(tmp), spec, echo=lines.append)
+    # live progress: a line per ended trial, the last one with every trial counted
+    assert [line for line in lines if line.startswith("[tune] 3/3 trials done (2 completed, 1 failed)")], lines
     folder = Path(outcome.experiment_dir)
     return tmp, folder, pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "epochs.parquet")
 

@@ -193,12 +193,12 @@ def _prepare(spec: TaskSpec, split: str, root: Path | None, allow_pickle: bool, 
 def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int = 256) -> PointSplit:
     """Reduce every cloud to `count` points by FPS, keeping the FPS order (so any
     prefix of the result is itself the FPS of that length)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     parts = []
     starts = range(0, len(data), chunk)
-    for start in tqdm(starts, desc=f"fps {data.points_per_sample}->{count}", unit="chunk",
-                      disable=not progress, leave=False):
+    for start in progress_bar(starts, progress, desc=f"fps {data.points_per_sample}->{count}", unit="chunk",
+                              leave=False):
         clouds = torch.from_numpy(np.ascontiguousarray(data.points[start:start + chunk]))
         idx = farthest_point_sample(clouds, count)  # the published GPU op's rules
         parts.append(gather_points(clouds, idx).numpy())

@@ -96,8 +96,11 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     # The pre-trained weights: read here once, then from each node's object store (trials
     # on nodes without the driver's files find them there).
     weights = share_checkpoints([base]).get(base.model.checkpoint)
+    from .search_progress import SearchProgress
+
+    progress = SearchProgress(spec.samples, base.optim.epochs, echo)
     tuner = _restored_tuner(base, space, spec, weights) if resume else \
-        _new_tuner(base, space, spec, [recorder, *callbacks], weights)
+        _new_tuner(base, space, spec, [recorder, progress, *callbacks], weights)
     tuner.fit()
     # A restored Tuner runs the callbacks it pickled at the start, not `recorder`: read
     # back what they wrote, so both paths finish from the tables on disk.

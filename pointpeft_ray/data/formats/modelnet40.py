@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ...progress import progress_bar
 
 from ...errors import DataFormatError
 from ...models.ops import farthest_point_sample, gather_points
@@ -80,7 +80,7 @@ def read_text_cloud(path: Path) -> np.ndarray:
 def sample_text_clouds(files: list[Path], num_points: int, progress: bool,
                        device: torch.device, batch_size: int) -> np.ndarray:
     out = np.empty((len(files), num_points, 3), np.float32)
-    with tqdm(total=len(files), desc="ModelNet40 text", unit="shape", disable=not progress) as bar:
+    with progress_bar(None, progress, total=len(files), desc="ModelNet40 text", unit="shape") as bar:
         for start in range(0, len(files), batch_size):
             batch = []
             for path in files[start:start + batch_size]:

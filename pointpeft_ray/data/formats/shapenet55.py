@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from ...progress import progress_bar
 
 from ...errors import DataFormatError
 from ..split import PointSplit
@@ -48,7 +48,7 @@ def synset_of(file_name: str, list_path: Path) -> str:
 def load_clouds(files: list[Path], progress: bool) -> np.ndarray:
     """Stack (P, 3) .npy clouds into one preallocated (n, P, 3) array (the split is gigabytes)."""
     out = None
-    for index, path in enumerate(tqdm(files, desc="ShapeNet-55", unit="shape", disable=not progress)):
+    for index, path in enumerate(progress_bar(files, progress, desc="ShapeNet-55", unit="shape")):
         cloud = load_npy(path)
         if out is None:
             out = np.empty((len(files), *cloud.shape), np.float32)

@@ -70,11 +70,9 @@ def make_split(variant: str, split: str, samples_per_class: int | None = None, n
 
 
 def _progress(jobs, enabled, desc):
-    if not enabled:
-        return jobs
-    from tqdm.auto import tqdm
+    from ...progress import progress_bar
 
-    return tqdm(jobs, desc=desc, unit="obj", leave=False)
+    return progress_bar(jobs, enabled, desc=desc, unit="obj", leave=False)
 
 
 def _streams(seed, split, class_index, index):

@@ -154,12 +154,10 @@ def _compute_bank(feature_fn: FeatureFn, batches: Iterable, key: dict, device, p
 
 
 def _progress(batches: Iterable, enabled: bool):
-    if not enabled:
-        return batches
-    from tqdm.auto import tqdm
+    from ...progress import progress_bar
 
     total = len(batches) if hasattr(batches, "__len__") else None
-    return tqdm(batches, total=total, desc="memory bank", unit="batch", leave=False)
+    return progress_bar(batches, enabled, total=total, desc="memory bank", unit="batch", leave=False)
 
 
 def _points_of(batch) -> torch.Tensor:
