@@ -19,13 +19,18 @@ def _config(tmp_path, task, **data) -> TrainConfig:
     })
 
 
-def test_tasks_run_in_parallel_and_a_failing_one_is_recorded(local_ray, tmp_path):
+def test_tasks_run_in_parallel_and_a_failing_one_is_recorded(local_ray, tmp_path, monkeypatch):
     small = {"options": {"samples_per_class": 4, "points": 256}}
     runs = [TaskRun("clean", _config(tmp_path, "synth/clean", **small)),
             TaskRun("objbg", _config(tmp_path, "synth/objbg", **small)),
             TaskRun("broken", _config(tmp_path, "scanobjectnn/obj_bg", root=str(tmp_path / "no-such-folder")))]
-    rows = run_tasks(runs, tmp_path / "tasks", echo=lambda *_: None)
+    monkeypatch.setattr("pointpeft_ray.distributed.multitask.HEARTBEAT_S", 0.5)
+    lines = []
+    rows = run_tasks(runs, tmp_path / "tasks", echo=lines.append, max_concurrent=2)
     assert sorted(r["task"] for r in rows) == ["broken", "clean", "objbg"]
+    # progress while runs train (a heartbeat naming them), and a line per finished run
+    assert any(line.startswith("[tasks] 0/3 done, running: clean, objbg; 1 waiting") for line in lines), lines
+    assert sum(line.startswith("[task] ") for line in lines) == 3
 
     table = pd.read_parquet(tmp_path / "tasks" / "tasks.parquet")  # an independent reader
     read_tasks(tmp_path / "tasks" / "tasks.parquet")  # and the schema version checks out

@@ -33,6 +33,9 @@ class TaskRun:
     variant: Optional[str] = None  # what the run stands for in a comparison (best, published, full, ...)
 
 
+HEARTBEAT_S = 30.0  # the longest the console stays silent while runs train
+
+
 def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | None = None,
               echo=print, max_concurrent: Optional[int] = None, sync_uri: Optional[str] = None) -> list[dict]:
     """Fine-tune every run in parallel (at most `max_concurrent` at once, else as the
@@ -54,11 +57,16 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
     weights = share_checkpoints(run.config for run in runs)
     waiting, pending = list(runs), {}
     rows, epochs = [], []
+    start = time.perf_counter()
     while waiting or pending:
         while waiting and (max_concurrent is None or len(pending) < max_concurrent):
             run = waiting.pop(0)
             pending[_launch(run, experiment_dir, weights.get(run.config.model.checkpoint), sync_uri)] = run
-        done, _ = ray.wait(list(pending), num_returns=1)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=HEARTBEAT_S)
+        if not done:  # still training: say so at least every HEARTBEAT_S
+            echo(f"[tasks] {len(rows)}/{len(runs)} done, running: {', '.join(r.label for r in pending.values())}"
+                 f"{f'; {len(waiting)} waiting' if waiting else ''}; {time.perf_counter() - start:.0f} s elapsed")
+            continue
         run = pending.pop(done[0])
         row, history = _collect(done[0], run)
         rows.append(row)
