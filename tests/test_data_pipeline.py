@@ -54,7 +54,7 @@ def test_cache_roundtrip_is_memory_mapped_and_readable_by_plain_pyarrow(tmp_path
     assert table.schema.field("points").type.list_size == 64 * 3
 
 
-def test_cache_builds_once_and_rebuilds_on_key_change_or_damage(tmp_path):
+def test_cache_builds_once_and_rebuilds_on_key_change_or_damage(tmp_path, caplog):
     calls = []
 
     def build():
@@ -69,8 +69,10 @@ def test_cache_builds_once_and_rebuilds_on_key_change_or_damage(tmp_path):
     _, cached = load_or_build(path, {"v": 2}, build)  # another key under this name: rebuilt
     assert not cached and len(calls) == 2
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
-    _, cached = load_or_build(path, {"v": 2}, build)
+    with caplog.at_level("WARNING"):
+        _, cached = load_or_build(path, {"v": 2}, build)
     assert not cached and len(calls) == 3
+    assert [r.getMessage() for r in caplog.records if "unreadable split cache" in r.getMessage()]  # said, once
     assert [p.name for p in path.parent.iterdir() if p.suffix == ".tmp"] == []
 
 

@@ -239,7 +239,7 @@ def test_missing_bank_and_missing_index_are_clear_errors(tiny_config):
     assert no_bank.train()(random_clouds(2, 160, 0)).shape == (2, 5)
 
 
-def test_bank_cache_is_reused_and_stale_cache_rebuilt(tiny_config, tmp_path):
+def test_bank_cache_is_reused_and_stale_cache_rebuilt(tiny_config, tmp_path, caplog):
     from pointpeft_ray.models.peft import memory_bank as mb
 
     model = get_peft_model(tiny_backbone(tiny_config), PointPEFTConfig(**TINY_PEFT), 5)
@@ -262,7 +262,9 @@ def test_bank_cache_is_reused_and_stale_cache_rebuilt(tiny_config, tmp_path):
     assert not fourth.from_cache
     # a truncated or tampered file under the right name is rebuilt
     files[0].write_bytes(files[0].read_bytes()[:100])
-    assert not model.build_memory_bank(batches, cache_dir=tmp_path, progress=False).from_cache
+    with caplog.at_level("WARNING"):
+        assert not model.build_memory_bank(batches, cache_dir=tmp_path, progress=False).from_cache
+    assert len([r for r in caplog.records if "unreadable memory-bank cache" in r.getMessage()]) == 1
     stale = mb.MemoryBank(first.max_features * 0, first.cls_features, key={**first.key, "dataset": "other"})
     mb.write_bank_file(stale, files[0])
     rebuilt = model.build_memory_bank(batches, cache_dir=tmp_path, progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -59,8 +60,10 @@ def _read_if_fresh(path: Path, key: dict) -> PointSplit | None:
         return None
     try:
         meta = read_split_metadata(path)
-    except DataFormatError:
-        return None  # truncated or foreign file: rebuilt
+    except DataFormatError as err:
+        # derived data: rebuilt, but never silently (a damaged disk should be noticed)
+        logging.getLogger(__name__).warning("%s: unreadable split cache (%s); rebuilding it", path, err)
+        return None
     if meta.get("key") != json.loads(json.dumps(key)) or meta.get("format") != CACHE_FORMAT_VERSION:
         return None
     return read_split(path)

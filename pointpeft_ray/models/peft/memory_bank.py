@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,8 +189,10 @@ def _load_if_fresh(path: Path, key: dict) -> MemoryBank | None:
         return None
     try:
         bank = read_bank_file(path)
-    except MemoryBankError:
-        return None  # unreadable or truncated: rebuilt by the caller
+    except MemoryBankError as err:
+        # derived data: rebuilt by the caller, but never silently
+        logging.getLogger(__name__).warning("%s: unreadable memory-bank cache (%s); rebuilding it", path, err)
+        return None
     if bank.key != json.loads(json.dumps(key)):
         return None
     bank.from_cache = True
