@@ -438,6 +438,8 @@ def _run_bench_multitask(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Ray's own INFO messages, and full tracebacks of unexpected errors")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="benchmarks (a table, and JSON with --json)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -463,7 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["POINTPEFT_VERBOSE"] = "1"  # distributed.cluster.VERBOSE_ENV; Ray's processes inherit it
     try:
         return args.func(args)
     except (PointPEFTError, ValueError) as err:
@@ -472,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pointpeft-ray: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - one line unless asked for the traceback
+        if args.verbose:
+            raise
+        where = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"pointpeft-ray: error: {type(err).__name__}: {where} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ def test_ctrl_c_on_a_ray_run_stops_at_once_with_the_resume_hint(tmp_path):
     assert process.returncode == 130, out
     assert time.time() - interrupted_at < 30
     assert "rerun the same command to resume run 'ray-interrupted'" in out
+    # Ray's own INFO chatter stays out of the console (pointpeft-ray -v brings it back)
+    assert "Started a local Ray instance" not in out and "Requesting resources" not in out
+    assert " epoch   1 " in out  # our own lines come through from the worker
     snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     registered = {c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]}
     last_epoch = max(c["metrics"]["epoch"] for c in snapshot["checkpoint_results"])

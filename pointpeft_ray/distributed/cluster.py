@@ -2,7 +2,22 @@
 Ray bound to the loopback interface."""
 from __future__ import annotations
 
+import logging
 import os
+
+VERBOSE_ENV = "POINTPEFT_VERBOSE"  # `pointpeft-ray -v`: Ray's own INFO messages too
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def train_logging_config():
+    """Ray Train's controller announces every resource request and worker-group start at
+    INFO; our own lines say what matters. Kept at WARNING unless verbose."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -12,7 +27,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=_ray_log_level())
         return
     # Ray Train's controller polls its workers every 2 s by default, so a finished run is
     # noticed up to 2 s late and a short run pays it every time (an empty TorchTrainer:
@@ -27,4 +42,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # The dashboard (bound to loopback) also serves the state API that Ray
     # Train's clean-up monitor polls; without it that monitor logs warnings.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", log_to_driver=True)
+             _node_ip_address="127.0.0.1", log_to_driver=True, logging_level=_ray_log_level())
+
+
+def _ray_log_level() -> int:
+    return logging.INFO if verbose() else logging.WARNING

@@ -34,7 +34,7 @@ def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .cluster import ensure_ray
+    from .cluster import ensure_ray, train_logging_config
 
     start = time.perf_counter()
     ensure_ray(address)
@@ -47,7 +47,7 @@ def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address
         train_loop_config={"config": worker_config.model_dump()},
         scaling_config=spec.scaling_config(),
         run_config=ray.train.RunConfig(
-            name=spec.name, storage_path=storage,
+            name=spec.name, storage_path=storage, logging_config=train_logging_config(),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),

@@ -150,7 +150,7 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
     `weights`: model.checkpoint already in the object store (distributed.weights), else put there here."""
     import ray.train
 
-    from .cluster import ensure_ray
+    from .cluster import ensure_ray, train_logging_config
     from .weights import share_checkpoints
 
     ensure_ray(address)
@@ -164,7 +164,7 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
                            "weights": weights},
         scaling_config=spec.scaling_config(),
         run_config=ray.train.RunConfig(
-            name=spec.name, storage_path=spec.storage(),
+            name=spec.name, storage_path=spec.storage(), logging_config=train_logging_config(),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             # The best-scoring checkpoint is kept, and Ray always keeps the latest.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,

@@ -229,6 +229,7 @@ def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dic
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from .cluster import train_logging_config
     from .train import _worker_loop
 
     context = ray.tune.get_context()
@@ -239,7 +240,7 @@ def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dic
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(resources.get("GPU")),
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=f"{context.get_trial_id()}-train",
-                                       storage_path=context.get_trial_dir(),
+                                       storage_path=context.get_trial_dir(), logging_config=train_logging_config(),
                                        callbacks=[TuneReportCallback()]),
     )
     result = trainer.fit()
