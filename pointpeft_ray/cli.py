@@ -6,6 +6,7 @@ import sys
 
 from .configuration import check_name, name_from_path
 from .errors import PointPEFTError
+from .output import write_json
 
 
 def _add_bench_model(sub) -> None:
@@ -158,7 +159,6 @@ def _check_name_flag(args) -> None:
 
 
 def _run_train(args) -> int:
-    from .bench.report import write_json
     from .distributed.train import RayRunSpec
     from .engine.config import TrainConfig
 
@@ -219,15 +219,15 @@ def _add_pretrain(commands) -> None:
 def _run_pretrain(args) -> int:
     from pathlib import Path
 
-    from .bench.report import write_json
     from .pretrain.config import PretrainConfig
+    from .results.storage import is_uri
 
     _check_name_flag(args)
     config = PretrainConfig.from_yaml(args.config)
     name = args.name or name_from_path(args.config)
     # A local folder per run name: in-process runs resume from it (as Ray runs do by name)
     # and the checkpoint lands in it by default; a storage URI keeps only Ray's state.
-    local_storage = args.storage if args.storage and "://" not in args.storage else "runs"
+    local_storage = args.storage if args.storage and not is_uri(args.storage) else "runs"
     run_folder = Path(local_storage) / name
     changes = {}
     if args.epochs is not None:
@@ -274,7 +274,6 @@ def _add_run(commands) -> None:
 def _run_job(args) -> int:
     from dataclasses import asdict
 
-    from .bench.report import write_json
     from .jobs.runner import run_job
     from .jobs.spec import JobSpec
 
@@ -335,7 +334,6 @@ def _add_tune(commands) -> None:
 def _run_tune(args) -> int:
     from dataclasses import asdict
 
-    from .bench.report import write_json
     from .distributed.tune import SearchSpec, run_search
     from .engine.config import TrainConfig
     from .search.space import SearchSpace
@@ -376,7 +374,6 @@ def _add_report(commands) -> None:
 
 
 def _run_report(args) -> int:
-    from .bench.report import write_json
     from .results.report import build_report, format_report, report_payload
 
     if args.top < 1:
@@ -389,14 +386,13 @@ def _run_report(args) -> int:
 
 
 def _add_bench_search(sub) -> None:
-    from .bench.search import DEFAULT_JOB
-
     p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA vs plain Optuna vs random search: time to a target",
                        description="By default the quick start's search (its space, base config, pre-trained "
                                    "backbone, trials, epochs and grace period) three ways; --preset benchmarks "
                                    "a bare backbone size on search_spaces/cpu_demo.yaml instead.")
-    p.add_argument("--job", default=str(DEFAULT_JOB),
-                   help="benchmark this job file's tune stage (default: %(default)s)")
+    # Resolved when the command runs: bench.search loads torch, and every command builds this parser.
+    p.add_argument("--job", default=None,
+                   help="benchmark this job file's tune stage (default: the repository's jobs/quickstart.yaml)")
     p.add_argument("--preset", default=None, help="instead of --job: this backbone size on the CPU demo space")
     p.add_argument("--trials", type=int, default=None, help="default: the job's samples (--preset: 8)")
     p.add_argument("--epochs", type=int, default=None, help="the most a trial trains (default: the job's; --preset: 4)")
@@ -409,13 +405,13 @@ def _add_bench_search(sub) -> None:
 
 
 def _run_bench_search(args) -> int:
-    from .bench.search import run_bench, setup_from_job, setup_from_preset
+    from .bench.search import DEFAULT_JOB, run_bench, setup_from_job, setup_from_preset
 
     if args.preset:
         setup = setup_from_preset(args.preset, args.trials or 8, args.epochs or 4, args.samples_per_class,
                                   args.checkpoint)
     else:
-        setup = setup_from_job(args.job, args.trials, args.epochs)
+        setup = setup_from_job(args.job or DEFAULT_JOB, args.trials, args.epochs)
     run_bench(setup, args.target, args.json_path)
     return 0
 

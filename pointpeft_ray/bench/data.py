@@ -13,7 +13,8 @@ from ..data.cache import read_split, write_split
 from ..data.loader import BatchLoader
 from ..data.split import PointSplit
 from ..data.transforms import build_augmentation
-from .report import format_table, machine_info, write_json
+from ..output import format_table, write_json
+from .report import machine_info
 
 CASES = (
     # (label, stored points, points fed, augmentation)

@@ -18,7 +18,8 @@ from ..engine.acceleration import compile_model
 from ..models import FullFinetuneClassifier, MemoryBank, PointMAEBackbone, get_peft_model, ops
 from ..models.peft.geometry import token_geometry
 from ..models.presets import get_preset
-from .report import format_table, machine_info, write_json
+from ..output import format_table, write_json
+from .report import machine_info
 
 VARIANTS = ("full", "peft", "peft_frozen_pass")
 DESCRIPTIONS = {

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from ..engine.config import TrainConfig
-from .report import format_table, machine_info, write_json
+from ..output import format_table, write_json
+from .report import machine_info
 
 GOAL_RATIO = 0.6
 TASKS = ("synth/objbg", "synth/hardest")

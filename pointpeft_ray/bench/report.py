@@ -1,15 +1,10 @@
-"""Shared output of every benchmark: a plain-text table and an atomic JSON file."""
+"""The machine a benchmark ran on, for its JSON; the table and the JSON file: pointpeft_ray.output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
-from pathlib import Path
-from typing import Sequence
 
 import torch
-
-from ..atomic import atomic_write_text
 
 
 def machine_info(device: str) -> dict:
@@ -23,25 +18,3 @@ def machine_info(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join([line, rule, *body])
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def write_json(path: str | Path, payload: dict) -> Path:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
-    return Path(path)

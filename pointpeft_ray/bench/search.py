@@ -27,8 +27,9 @@ import yaml
 
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
+from ..output import format_table, write_json
 from ..search.space import SearchSpace
-from .report import format_table, machine_info, write_json
+from .report import machine_info
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SPACE_FILE = REPOSITORY / "search_spaces" / "cpu_demo.yaml"

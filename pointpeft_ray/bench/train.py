@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..engine.config import TrainConfig
-from .report import format_table, machine_info, write_json
+from ..output import format_table, write_json
+from .report import machine_info
 
 GOAL_RATIO = 1.10
 

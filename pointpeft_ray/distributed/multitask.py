@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..engine.config import TrainConfig
+from ..results.storage import download_folder, upload, write_table_atomic
+from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
 
 TASKS_FILE = "tasks.parquet"
-EPOCHS_FILE = "epochs.parquet"
 
 
 @dataclass
@@ -156,15 +157,11 @@ def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int,
 def _download_if_absent(upload_to: Optional[str], run_dir: str) -> None:
     """A run that ran (or began) on another node resumes from what it uploaded."""
     if upload_to and not Path(run_dir).exists():
-        from ..results.storage import download_folder
-
         download_folder(upload_to, run_dir)
 
 
 def _upload(run_dir: str, upload_to: Optional[str]) -> None:
     if upload_to:
-        from ..results.storage import upload
-
         upload(run_dir, upload_to)
 
 
@@ -186,9 +183,6 @@ def _node() -> dict:
 
 
 def _write_tables(rows: list[dict], epochs: list[dict], experiment_dir: Path) -> None:
-    from ..results.storage import write_table_atomic
-    from ..results.tables import epochs_table, tasks_table
-
     experiment_dir.mkdir(parents=True, exist_ok=True)
     write_table_atomic(tasks_table(rows), str(experiment_dir / TASKS_FILE))
     write_table_atomic(epochs_table(epochs), str(experiment_dir / EPOCHS_FILE))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,18 +30,25 @@ from ..engine.config import TrainConfig
 from ..engine.loop import RESTORED_EPOCHS_KEY
 from ..errors import DamagedRecordError, ResultsError
 from ..results.best_config import best_trial, write_best_config
-from ..results.storage import exists_at, is_uri
-from ..results.tables import (EPOCH_COLUMNS, PARAM_PREFIX, epochs_table, final_and_best, read_epochs, read_trials,
-                              trials_table)
+from ..results.storage import exists_at, is_uri, write_table_atomic
+from ..results.tables import (BEST_CONFIG_FILE, EPOCH_COLUMNS, EPOCHS_FILE, PARAM_PREFIX, TRIALS_FILE, epochs_table,
+                              final_and_best, read_epochs, read_trials, trials_table)
 from ..search.space import SearchSpace
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
-BEST_CONFIG_FILE = "best_config.yaml"
+METRIC = "best_accuracy"  # present in every report, monotone: what ASHA and Optuna compare
 WRITE_EVERY_S = 5.0
 _EPOCH_KEYS = [name for name, _ in EPOCH_COLUMNS]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
+
+
+@dataclass
+class SearchOutcome:
+    experiment_dir: str
+    trials: int
+    best_trial: Optional[str]
+    best_accuracy: Optional[float]
+    status_counts: dict = field(default_factory=dict)
 
 
 class SearchRecorder(Callback):
@@ -115,8 +123,6 @@ class SearchRecorder(Callback):
         return records
 
     def write(self) -> None:
-        from ..results.storage import write_table_atomic
-
         self._last_write = time.time()
         write_table_atomic(trials_table(self._trial_records(), self.space), self._path(TRIALS_FILE))
         rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
@@ -137,9 +143,7 @@ class SearchRecorder(Callback):
         config = self.space.apply(self.base, params)
         return config.replace(run_dir=None, log_dir=None)
 
-    def outcome(self):
-        from .tune import SearchOutcome
-
+    def outcome(self) -> SearchOutcome:
         records = self._trial_records()
         counts: dict[str, int] = {}
         for record in records:

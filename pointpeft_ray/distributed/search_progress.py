@@ -8,7 +8,7 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from .tune import METRIC
+from .recorder import METRIC
 
 
 class SearchProgress(Callback):

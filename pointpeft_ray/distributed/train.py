@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..configuration import check_name
-from ..results.storage import check_storage_path
 from ..engine.config import TrainConfig
+from ..results.storage import check_storage_path, is_uri
 
 SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
 
@@ -62,7 +62,7 @@ class RayRunSpec:
     def local_run_dir(self) -> Path | None:
         """The run's folder when storage is a local path (None for a URI such as s3://)."""
         storage = self.storage()
-        if "://" in storage and not storage.startswith("file://"):
+        if is_uri(storage) and not storage.startswith("file://"):
             return None
         return Path(storage.removeprefix("file://")) / self.name
 

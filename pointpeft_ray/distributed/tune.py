@@ -13,17 +13,18 @@ experiment directory as Arrow tables while trials finish (see distributed.record
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..configuration import check_name
-from ..results.storage import check_storage_path
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
+from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
 
-METRIC = "best_accuracy"  # present in every report, monotone: what ASHA and Optuna compare
+if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
+    from .recorder import SearchOutcome
 
 
 @dataclass
@@ -50,16 +51,7 @@ class SearchSpec:
 
     def experiment_dir(self) -> str:
         storage = self.storage()
-        return f"{storage.rstrip('/')}/{self.name}" if "://" in storage else str(Path(storage) / self.name)
-
-
-@dataclass
-class SearchOutcome:
-    experiment_dir: str
-    trials: int
-    best_trial: Optional[str]
-    best_accuracy: Optional[float]
-    status_counts: dict = field(default_factory=dict)
+        return f"{storage.rstrip('/')}/{self.name}" if is_uri(storage) else str(Path(storage) / self.name)
 
 
 def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
@@ -163,6 +155,8 @@ def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from .recorder import METRIC
+
     default = space.default_point(base)
     metric, mode = ([METRIC, "trainable_params"], ["max", "min"]) if spec.multi_objective else (METRIC, "max")
     searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode,
@@ -173,6 +167,8 @@ def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
 
 def _scheduler(base: TrainConfig, spec: SearchSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from .recorder import METRIC
 
     if not spec.asha:
         return FIFOScheduler()

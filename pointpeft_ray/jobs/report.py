@@ -5,13 +5,13 @@ report.txt and PNGs; returned as text for the terminal.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from ..atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from .runner import JobOutcome
     from .spec import JobSpec
 
 REPORT_FILE = "report.txt"
@@ -20,7 +20,19 @@ COMPARISON_PNG = "comparison.png"
 VARIANT_ORDER = ("best", "base", "published", "full", "linear")
 
 
-def write_job_report(job: "JobSpec", outcome: "JobOutcome", report_dir: Path) -> str:
+@dataclass
+class JobOutcome:
+    job_dir: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    pretrained: Optional[str] = None
+    best_trial: Optional[dict] = None  # the search's best row (trials table)
+    task_rows: dict[str, list[dict]] = field(default_factory=dict)  # stage -> tasks rows
+    adapter_bank: Optional[str] = None
+    report_text: Optional[str] = None
+    wall_seconds: float = 0.0
+
+
+def write_job_report(job: "JobSpec", outcome: JobOutcome, report_dir: Path) -> str:
     report_dir.mkdir(parents=True, exist_ok=True)
     sections = [f"== job {job.name}: {', '.join(job.stage_names())} ({outcome.job_dir}) =="]
     finetune = outcome.task_rows.get("finetune")

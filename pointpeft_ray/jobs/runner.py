@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -33,25 +32,16 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import PointPEFTError, ResultsError
-from ..results.storage import download_file, download_folder, exists_at, upload
-from ..results.report import EXPECTED_FILES as SEARCH_FILES, TRIALS_FILE
+from ..results.best_config import best_trial
+from ..results.report import EXPECTED_FILES as SEARCH_FILES
+from ..results.storage import download_file, download_folder, exists_at, is_uri, upload
+from ..results.tables import EPOCHS_FILE, TRIALS_FILE, read_trials
+from .report import JobOutcome, write_job_report
 from .spec import STAGES, JobSpec, PlannedRun
 
 ADAPTERS_FOLDER = "adapters"
 REPORT_FOLDER = "report"
 SUMMARY_FILE = "job_summary.json"
-
-
-@dataclass
-class JobOutcome:
-    job_dir: str
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    pretrained: Optional[str] = None
-    best_trial: Optional[dict] = None  # the search's best row (trials table)
-    task_rows: dict[str, list[dict]] = field(default_factory=dict)  # stage -> tasks rows
-    adapter_bank: Optional[str] = None
-    report_text: Optional[str] = None
-    wall_seconds: float = 0.0
 
 
 def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
@@ -121,7 +111,6 @@ def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: O
 def job_folders(job: JobSpec) -> tuple[Path, Optional[str]]:
     """(the folder the job works in, the storage URI its results go to, or None)."""
     from ..data.cache import default_cache_dir
-    from ..results.storage import is_uri
 
     storage = job.job_storage()
     if not is_uri(storage):
@@ -174,8 +163,6 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
     from ray.tune import Tuner
 
     from ..distributed.tune import run_search
-    from ..results.best_config import best_trial
-    from ..results.tables import read_trials
 
     spec = job.search_spec("tune")
     resume = Tuner.can_restore(spec.experiment_dir())
@@ -196,7 +183,7 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
 
 def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, remote: Optional[str],
                address: str | None, echo) -> list[dict]:
-    from ..distributed.multitask import EPOCHS_FILE, TASKS_FILE, TaskRun, run_tasks
+    from ..distributed.multitask import TASKS_FILE, TaskRun, run_tasks
 
     runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
                     workers=run.resources.workers, variant=run.variant) for run in planned]
@@ -230,8 +217,6 @@ def _write_bank(outcome: JobOutcome, job_dir: Path, echo) -> Optional[str]:
 
 
 def _report(job: JobSpec, outcome: JobOutcome, job_dir: Path) -> str:
-    from .report import write_job_report
-
     return write_job_report(job, outcome, job_dir / REPORT_FOLDER)
 
 

@@ -26,6 +26,7 @@ from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..models.backbone import BackboneConfig
 from ..pretrain.config import PretrainConfig
+from ..results.storage import is_uri
 from ..results.tables import param_column
 from ..search.parameters import FixedParameter
 from ..search.paths import deep_merge
@@ -171,7 +172,7 @@ class JobSpec(StrictConfig):
 
     def job_storage(self) -> str:
         """Where the job keeps everything: STORAGE/NAME (a URI stays a URI)."""
-        if "://" in self.storage:
+        if is_uri(self.storage):
             return f"{self.storage.rstrip('/')}/{self.name}"
         return str(Path(self.storage).expanduser().resolve() / self.name)
 

@@ -165,7 +165,9 @@ def _working_dir(job: JobSpec, job_file: Path, given: str | Path | None) -> Path
 def _storage_exclude(job: JobSpec, folder: Path) -> list[str]:
     """The job's storage folder when it is local and inside the working dir: old results
     are not uploaded (a relative storage is relative to where the job runs)."""
-    if "://" in job.storage:
+    from ..results.storage import is_uri  # pyarrow: not at the top, which `status` loads
+
+    if is_uri(job.storage):
         return []
     storage = Path(job.storage).expanduser()
     storage = storage if storage.is_absolute() else folder / storage

@@ -8,7 +8,6 @@ from typing import Any, Iterable, Mapping, Union
 import pyarrow as pa
 import yaml
 
-from ..engine.config import TrainConfig
 from ..errors import ResultsError
 from .storage import write_text
 
@@ -40,11 +39,13 @@ def _number(value: Any):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def write_best_config(trials, configs: Mapping[str, Union[TrainConfig, Mapping]], path: str | Path,
+def write_best_config(trials, configs: Mapping[str, Any], path: str | Path,
                       metric: str = "best_accuracy", mode: str = "max") -> str:
     """Write the best trial's full config (from `configs`, by trial id: TrainConfig objects
     or their dicts) as YAML, atomically.
     Returns the trial id. The file loads with TrainConfig.from_yaml."""
+    from ..engine.config import TrainConfig  # torch: `pointpeft-ray report` ranks trials without it
+
     best = best_trial(trials, metric, mode)
     trial_id = best["trial_id"]
     if trial_id not in configs:

@@ -16,14 +16,13 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from ..errors import ResultsError
+from ..output import format_table
 from . import plots
 from .best_config import FINISHED, best_trial
 from .importance import Importances, param_importances
-from .tables import PARAM_PREFIX, TRIAL_STATUSES, final_and_best, read_epochs, read_trials, search_space_of
+from .tables import (BEST_CONFIG_FILE, EPOCHS_FILE, PARAM_PREFIX, TRIAL_STATUSES, TRIALS_FILE, final_and_best,
+                     read_epochs, read_trials, search_space_of)
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
-BEST_CONFIG_FILE = "best_config.yaml"
 EXPECTED_FILES = (TRIALS_FILE, EPOCHS_FILE, BEST_CONFIG_FILE)
 PLOTS_FOLDER = "plots"
 # Failed trials never compete (as for best_config.yaml); the others are ranked on what
@@ -227,8 +226,6 @@ def _format_header(report: Report) -> str:
 
 
 def _format_leaderboard(report: Report) -> str:
-    from ..bench.report import format_table
-
     if not report.leaderboard:
         return "leaderboard: no trial has a validation accuracy yet"
     params = list(report.leaderboard[0]["params"])

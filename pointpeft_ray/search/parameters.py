@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, Union
 
 import pyarrow as pa
 from pydantic import Field, field_validator
 
 from ..configuration import StrictConfig
 from .expressions import Bound, BoundExpression, parse_bound
-from .paths import ConfigField
+
+if TYPE_CHECKING:  # paths loads TrainConfig, so torch; `pointpeft-ray report` compares values without it
+    from .paths import ConfigField
 
 # What Optuna's suggest_categorical accepts, and what a table column can hold.
 SCALAR_TYPES = (type(None), bool, int, float, str)

@@ -5,6 +5,7 @@ import argparse
 import time
 
 from ..errors import DataFormatError, PointPEFTError
+from ..output import write_json
 
 PREDICT_DESCRIPTION = """\
 Classify point clouds with one or more entries of an adapter bank. The frozen
@@ -47,7 +48,6 @@ def add_predict_command(commands) -> None:
 
 
 def run_predict(args) -> int:
-    from ..bench.report import write_json
     from .adapter_bank import AdapterBank, accuracy, read_points_file
 
     if (args.points_file is None) == (not args.test_split):

@@ -1,4 +1,4 @@
-"""Saving and loading the PEFT weights alone, with their config beside them.
+"""Saving and loading a PointPEFTModel's PEFT weights alone, with their config beside them.
 
 Layout of an adapter directory:
   adapter_config.json    PEFT config, backbone config, classes, backbone fingerprint
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,16 +17,13 @@ from ...atomic import atomic_directory
 from ...errors import CheckpointError
 from .memory_bank import read_bank_file, write_bank_file
 
-if TYPE_CHECKING:
-    from .model import PointPEFTModel
-
 ADAPTER_FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_weights.pt"
 BANK_NAME = "memory_bank.arrow"
 
 
-def save_adapter(model: "PointPEFTModel", directory: str | Path, include_memory_bank: bool = True) -> Path:
+def save_adapter(model: torch.nn.Module, directory: str | Path, include_memory_bank: bool = True) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     trainable, total = model.get_nb_trainable_parameters()
@@ -65,7 +61,7 @@ def read_adapter_config(directory: str | Path) -> dict:
     return meta
 
 
-def load_adapter(model: "PointPEFTModel", directory: str | Path) -> None:
+def load_adapter(model: torch.nn.Module, directory: str | Path) -> None:
     directory = Path(directory)
     meta = read_adapter_config(directory)
     if meta["backbone_fingerprint"] != model.backbone_fingerprint:

@@ -18,6 +18,7 @@ from ...errors import ConfigError, MemoryBankError
 from ..backbone import Block, PointMAEBackbone, build_cls_head
 from ..checkpoint import fingerprint_tensors
 from ..ops import farthest_point_sample, gather_points, group_points
+from .adapter_io import load_adapter, read_adapter_config, save_adapter
 from .config import PointPEFTConfig
 from .geometry import GeometryAwareAdapter, NeighbourhoodAttention, TokenGeometry, token_geometry
 from .memory_bank import MemoryBank, build_memory_bank
@@ -376,19 +377,13 @@ class PointPEFTModel(nn.Module):
 
     # ---- save / load --------------------------------------------------------
     def save_adapter(self, directory: str | Path, include_memory_bank: bool = True) -> Path:
-        from .adapter_io import save_adapter
-
         return save_adapter(self, directory, include_memory_bank)
 
     def load_adapter(self, directory: str | Path) -> None:
-        from .adapter_io import load_adapter
-
         load_adapter(self, directory)
 
     @classmethod
     def from_adapter(cls, backbone: PointMAEBackbone, directory: str | Path) -> "PointPEFTModel":
-        from .adapter_io import read_adapter_config
-
         meta = read_adapter_config(directory)
         model = cls(backbone, PointPEFTConfig(**meta["peft_config"]), meta["num_classes"])
         model.load_adapter(directory)
