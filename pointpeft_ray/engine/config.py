@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..assets import resolve_checkpoint
 from ..configuration import StrictConfig
 from ..errors import ConfigError
 from ..models.backbone import BackboneConfig
@@ -39,7 +40,13 @@ class BackboneChoice(StrictConfig):
 
 
 class ModelSection(BackboneChoice):
-    checkpoint: Optional[str] = Field(None, description="pre-trained weights (Point-MAE / Point-BERT layout)")
+    checkpoint: Optional[str] = Field(None, description="pre-trained weights (Point-MAE / Point-BERT layout), or "
+                                      "builtin:NAME for one shipped with the package (e.g. builtin:tiny-synth-clean)")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _builtin(cls, value: Optional[str]) -> Optional[str]:
+        return resolve_checkpoint(value)
 
     def peft_defaults(self) -> dict:
         return dict(PRESETS[self.preset].peft_overrides) if self.preset else {}
