@@ -279,6 +279,20 @@ def test_finetune_runs_need_the_best_point_and_keep_only_its_active_values(tmp_p
     assert runs[0].config.peft["prompt_length"] == 8 and runs[0].config.data.task == "synth/clean"
 
 
+def test_baseline_overrides_merge_into_that_baseline_only(tmp_path):
+    finetune = {**JOB["finetune"], "overrides": {"full": {"optim": {"lr": 1.0e-3}}}}
+    spec = JobSpec.from_yaml(write_job(tmp_path, changed(finetune=finetune)))
+    row = {"trial_id": "t1", "status": "completed", "peft.prompt_length": 8, "peft.neighbours": 4,
+           "peft.memory_bank": False, "optim.lr": 5.0e-4}
+    by_label = {run.label: run.config for run in spec.finetune_runs(row)}
+    full = by_label["synth_clean-full"]
+    assert full.optim.lr == 1.0e-3 and full.optim.batch_size == 8 and full.optim.epochs == 6  # merged, not replaced
+    assert by_label["synth_clean-published"].optim.lr == BASE["optim"].get("lr", 5e-4)
+    assert by_label["synth_clean-best"].optim.lr == 5.0e-4
+    message = error_of(tmp_path, changed(finetune={**JOB["finetune"], "overrides": {"linear": {"mode": "full"}}}))
+    assert "overrides: linear not in compare ['published', 'full']" in message
+
+
 def test_with_pretrained_fills_the_checkpoint_where_none_is_given(tmp_path):
     own = {"name": "own", "task": "synth/clean", "model": {"checkpoint": "own.pth"}}
     spec = JobSpec.from_yaml(write_job(tmp_path, changed(multitask=[*JOB["multitask"], own])))

@@ -95,6 +95,9 @@ class FinetuneSection(StrictConfig):
     tasks: list[str] = Field(default_factory=list, description="task names; empty: the base's task")
     compare: list[Literal["published", "full", "linear"]] = Field(
         default_factory=list, description="baselines run beside it on every task")
+    overrides: dict[Literal["published", "full", "linear"], dict] = Field(
+        default_factory=dict, description="config fields merged into a baseline's, e.g. full: {optim: {lr: 1.0e-3}} "
+        "(full fine-tuning moves every weight and wants a smaller lr than PEFT)")
     epochs: Optional[int] = Field(None, ge=1, description="None: the base's optim.epochs")
     workers: Optional[int] = Field(None, ge=1)
     cpus: Optional[Cpus] = None
@@ -109,6 +112,13 @@ class FinetuneSection(StrictConfig):
         if repeated:
             raise ValueError(f"listed more than once: {', '.join(repeated)}")
         return values
+
+    @model_validator(mode="after")
+    def _overrides_of_compared(self):
+        stray = sorted(set(self.overrides) - set(self.compare))
+        if stray:
+            raise ValueError(f"overrides: {', '.join(stray)} not in compare {self.compare}")
+        return self
 
 
 class TaskEntry(StrictConfig):

@@ -340,9 +340,9 @@ class JobSpec(StrictConfig):
         else:
             yield "base", foundation
         for baseline in self.finetune.compare:
-            changes = BASELINES[baseline]
-            yield baseline, build_section(TrainConfig, {**foundation.model_dump(), **changes},
-                                          f"finetune.compare ({baseline} on {task})")
+            fields = deep_merge({**foundation.model_dump(), **BASELINES[baseline]},
+                               self.finetune.overrides.get(baseline, {}))
+            yield baseline, build_section(TrainConfig, fields, f"finetune.compare ({baseline} on {task})")
 
     @staticmethod
     def _best_config(space: SearchSpace, on_task: TrainConfig, best_params: Mapping) -> TrainConfig:
