@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pointpeft_ray import assets
 from pointpeft_ray.errors import ConfigError
 from pointpeft_ray.jobs import JobSpec
 from pointpeft_ray.jobs.spec import active_point
-from pointpeft_ray.pretrain.cache import weights_key
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
@@ -73,8 +73,9 @@ def test_every_shipped_job_validates(path):
 
 def test_quickstart_plan():
     spec = JobSpec.from_yaml(REPO / "jobs" / "quickstart.yaml")
-    assert spec.stage_names() == ["pretrain", "tune", "finetune"]
-    assert spec.pretrain_config().model.preset == spec.train_config().model.preset == "tiny"
+    assert spec.stage_names() == ["tune", "finetune"]  # the pre-trained backbone is shipped
+    base = spec.train_config()
+    assert base.model.preset == "tiny" and Path(base.model.checkpoint) == assets.FOLDER / "tiny-synth-clean.pth"
     assert spec.tune_config().data.task == "synth/hardest"
     # the search starts from the published settings
     assert spec.search_space().default_point(spec.tune_config())["peft.prompt_length"] == 10
@@ -86,14 +87,20 @@ def test_quickstart_plan():
     searched = by_label["synth_objbg-best"].config
     assert (searched.peft["prompt_length"], searched.peft["memory_bank"], searched.optim.lr) == (6, False, 1e-3)
     assert by_label["synth_objbg-published"].config.peft == {}
-    assert by_label["synth_objbg-full"].config.mode == "full"
-    assert {run.config.optim.epochs for run in runs} == {8}
+    full = by_label["synth_objbg-full"].config
+    assert full.mode == "full" and full.optim.lr == 1e-3  # its own lr
+    assert {run.config.optim.epochs for run in runs} == {base.optim.epochs}
+    # PEFT trains at most 5% of the parameters
+    from pointpeft_ray.engine.build import build_model, trainable_count
+
+    model = build_model(searched, 15, echo=lambda *_: None)
+    assert trainable_count(model) / sum(p.numel() for p in model.parameters()) <= 0.05
 
 
-def test_quickstart_and_multitask_synth_share_the_cached_pretraining():
-    quickstart = JobSpec.from_yaml(REPO / "jobs" / "quickstart.yaml").pretrain_config()
-    multitask = JobSpec.from_yaml(REPO / "jobs" / "multitask_synth.yaml").pretrain_config()
-    assert weights_key(quickstart) == weights_key(multitask)
+def test_quickstart_and_multitask_synth_share_the_shipped_backbone():
+    quickstart = JobSpec.from_yaml(REPO / "jobs" / "quickstart.yaml").train_config()
+    multitask = JobSpec.from_yaml(REPO / "jobs" / "multitask_synth.yaml").train_config()
+    assert quickstart.model.checkpoint == multitask.model.checkpoint
 
 
 # --- stages ---
