@@ -22,6 +22,7 @@ from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
+from .cluster import ensure_ray, train_logging_config, verbose
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
     from .recorder import SearchOutcome
@@ -63,7 +64,6 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     import ray.tune
 
     from ..engine.loop import prepare_run
-    from .cluster import ensure_ray
     from .recorder import SearchRecorder
     from .weights import share_checkpoints
 
@@ -83,6 +83,10 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     # Keeping one checkpoint per trial makes Tune save the experiment's state at each one,
     # and warn about it every time; a few KB a save is no bottleneck here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not verbose():
+        # Tune's newer console output prints its configuration box and result paths whatever
+        # `verbose` says; the classic reporter honours verbose=0. Our progress line says enough.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
     prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
     # The pre-trained weights: read here once, then from each node's object store (trials
@@ -157,6 +161,9 @@ def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
 
     from .recorder import METRIC
 
+    if not verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
+
     default = space.default_point(base)
     metric, mode = ([METRIC, "trainable_params"], ["max", "min"]) if spec.multi_objective else (METRIC, "max")
     searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode,
@@ -225,7 +232,6 @@ def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dic
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .cluster import train_logging_config
     from .train import _worker_loop
 
     context = ray.tune.get_context()
