@@ -29,7 +29,8 @@ def test_tasks_run_in_parallel_and_a_failing_one_is_recorded(local_ray, tmp_path
     rows = run_tasks(runs, tmp_path / "tasks", echo=lines.append, max_concurrent=2)
     assert sorted(r["task"] for r in rows) == ["broken", "clean", "objbg"]
     # progress while runs train (a heartbeat naming them), and a line per finished run
-    assert any(line.startswith("[tasks] 0/3 done, running: clean, objbg; 1 waiting") for line in lines), lines
+    assert any(line.startswith("[tasks] 0/3 done, running: clean") and "1 waiting" in line for line in lines), lines
+    assert any("(epoch 1/2)" in line for line in lines if line.startswith("[tasks]")), lines  # each run's epoch
     assert sum(line.startswith("[task] ") for line in lines) == 3
 
     table = pd.read_parquet(tmp_path / "tasks" / "tasks.parquet")  # an independent reader

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import atomic_write_text
 from ..engine.config import TrainConfig
 from ..results.storage import download_folder, upload, write_table_atomic
 from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
@@ -65,7 +66,8 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
             pending[_launch(run, experiment_dir, weights.get(run.config.model.checkpoint), sync_uri)] = run
         done, _ = ray.wait(list(pending), num_returns=1, timeout=HEARTBEAT_S)
         if not done:  # still training: say so at least every HEARTBEAT_S
-            echo(f"[tasks] {len(rows)}/{len(runs)} done, running: {', '.join(r.label for r in pending.values())}"
+            running = ", ".join(_with_epoch(r.label, experiment_dir) for r in pending.values())
+            echo(f"[tasks] {len(rows)}/{len(runs)} done, running: {running}"
                  f"{f'; {len(waiting)} waiting' if waiting else ''}; {time.perf_counter() - start:.0f} s elapsed")
             continue
         run = pending.pop(done[0])
@@ -76,6 +78,24 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
              + (f", best accuracy {row['best_accuracy']:.2f}" if row["status"] == "completed" else f": {row['error']}"))
         _write_tables(rows, epochs, experiment_dir)
     return rows
+
+
+PROGRESS_FILE = "progress.json"  # in a run's folder: its last finished epoch, for the heartbeat
+
+
+def _write_progress(config: TrainConfig, metrics: dict) -> None:
+    progress = {"epoch": metrics["epoch"], "epochs": config.optim.epochs, "best_accuracy": metrics.get("best_accuracy")}
+    atomic_write_text(Path(config.run_dir) / PROGRESS_FILE, json.dumps(progress))
+
+
+def _with_epoch(label: str, experiment_dir: Path) -> str:
+    """`label (epoch e/E)` where the run's folder is readable from here (a run on another
+    node, or one of several workers, has none here: the label alone)."""
+    try:
+        progress = json.loads((experiment_dir / label / PROGRESS_FILE).read_text())
+        return f"{label} (epoch {progress['epoch']}/{progress['epochs']})"
+    except (OSError, ValueError, KeyError):
+        return label
 
 
 def _launch(run: TaskRun, experiment_dir: Path, weights_ref, sync_uri: Optional[str]):
@@ -116,7 +136,8 @@ def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = 
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
     _download_if_absent(upload_to, config.run_dir)
-    result = train(config, echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
+    result = train(config, echo=lambda *_: None, pretrained=shared_tensors(weights_ref),
+                   report=lambda metrics: _write_progress(config, metrics))
     best = Path(config.run_dir) / "best"
     row = _metrics_row(result.history, result.trainable_params, result.total_params)
     row["adapter_path"] = str(best / ADAPTER_DIR) if (best / ADAPTER_DIR).is_dir() else None
