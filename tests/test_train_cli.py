@@ -104,8 +104,8 @@ def test_ctrl_c_on_a_ray_run_stops_at_once_with_the_resume_hint(tmp_path):
     printed = [int(line.split("epoch")[1].split()[0]) for line in out.splitlines() if " epoch " in line
                and "loss" in line]
     assert max(printed) <= last_epoch + 1
-    assert {p.name for p in run_dir.glob("checkpoint_*")} - registered <= {max(
-        (p.name for p in run_dir.glob("checkpoint_*")), default="")}  # at most one cut short
+    folders = {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()}
+    assert len(folders - registered) <= 1  # at most the one being written when the run stopped
 
     done = subprocess.run(command + ["--epochs", str(last_epoch + 1)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
