@@ -296,26 +296,23 @@ class StepGuard:
             value = loss.item()
             if not math.isfinite(value):
                 self._stop(step, value)
-            self._accumulate(value * samples)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-            self.optimizer.step()
-            return
-        loss = loss.float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
-        value = loss.detach()
-        bad = ~(torch.isfinite(value) & torch.isfinite(norm))
-        if self.first_bad is None:
-            self.first_bad = torch.full((2,), float("nan"), device=value.device)
-        record = torch.stack([torch.full_like(value, step), value])  # filled on the device: no host copy
-        self.first_bad = torch.where(bad & torch.isnan(self.first_bad[0]), record, self.first_bad)
-        self.optimizer.found_inf = bad.float()
+        if self.deferred:
+            # the all-reduced gradients' norm: every DDP rank skips the same steps
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+            value = loss.detach().float()
+            bad = ~(torch.isfinite(value) & torch.isfinite(norm))
+            if self.first_bad is None:
+                self.first_bad = torch.full((2,), float("nan"), device=value.device)
+            record = torch.stack([torch.full_like(value, step), value])  # filled on the device: no host copy
+            self.first_bad = torch.where(bad & torch.isnan(self.first_bad[0]), record, self.first_bad)
+            self.optimizer.found_inf = bad.float()
+            value = value.double()
+        elif self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
-        self._accumulate(value.double() * samples)
+        self._accumulate(value * samples)
 
     def _accumulate(self, weighted) -> None:
         self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
