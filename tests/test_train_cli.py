@@ -85,9 +85,10 @@ def test_ctrl_c_on_a_ray_run_stops_at_once_with_the_resume_hint(tmp_path):
                "--name", "ray-interrupted"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
-    while time.time() < deadline and process.poll() is None and not list(run_dir.glob("checkpoint_*")):
+    snapshot_file = run_dir / "checkpoint_manager_snapshot.json"  # written once Ray registers a checkpoint
+    while time.time() < deadline and process.poll() is None and not snapshot_file.is_file():
         time.sleep(0.1)
-    assert list(run_dir.glob("checkpoint_*")), "no checkpoint appeared"
+    assert snapshot_file.is_file(), "no checkpoint was registered"
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 130, out
@@ -95,7 +96,7 @@ def test_ctrl_c_on_a_ray_run_stops_at_once_with_the_resume_hint(tmp_path):
     # Ray's own INFO chatter stays out of the console (pointpeft-ray -v brings it back)
     assert "Started a local Ray instance" not in out and "Requesting resources" not in out
     assert " epoch   1 " in out  # our own lines come through from the worker
-    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    snapshot = json.loads(snapshot_file.read_text())
     registered = {c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]}
     last_epoch = max(c["metrics"]["epoch"] for c in snapshot["checkpoint_results"])
     # every epoch the workers finished was registered: none trained on after the interrupt
