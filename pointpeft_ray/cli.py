@@ -6,6 +6,7 @@ import sys
 
 from .configuration import check_name, name_from_path
 from .errors import PointPEFTError
+from .folder_lock import exclusive_folder
 from .output import write_json
 
 
@@ -189,7 +190,8 @@ def _train_in_process(config, spec):
 
     run_dir = config.run_dir or (str(spec.local_run_dir()) if spec.local_run_dir() else None)
     config = config.replace(run_dir=run_dir)
-    result = train(config, report=_print_epoch)
+    with exclusive_folder(run_dir, f"run {spec.name!r}"):
+        result = train(config, report=_print_epoch)
     return RunSummary.from_run_result(result, run_dir, config.tensorboard_dir())
 
 
@@ -242,7 +244,8 @@ def _run_pretrain(args) -> int:
     if args.in_process:
         from .pretrain.loop import pretrain
 
-        result = pretrain(config)
+        with exclusive_folder(config.run_dir, f"run {name!r}"):
+            result = pretrain(config)
     else:
         from .distributed.pretrain import fit_pretrain
         from .distributed.train import RayRunSpec

@@ -30,3 +30,7 @@ class ResultsError(PointPEFTError):
 class DamagedRecordError(ResultsError):
     """A results table exists but cannot be read: it is left as it is (never replaced
     silently) until the user repairs it."""
+
+
+class WriteError(PointPEFTError, OSError):
+    """A file could not be written (a full disk, no permission): the previous version is kept."""

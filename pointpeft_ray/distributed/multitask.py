@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..atomic import atomic_write_text
+from ..folder_lock import exclusive_folder
 from ..engine.config import TrainConfig
 from ..results.storage import download_folder, upload, write_table_atomic
 from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
@@ -44,6 +45,12 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
     cluster's resources allow); returns the task rows in the order they finished.
     `sync_uri`: a pyarrow.fs folder URI; each task uploads its run folder to
     SYNC_URI/LABEL when it ends (from whichever node ran it)."""
+    with exclusive_folder(experiment_dir, "multi-task run"):
+        return _run_tasks(runs, Path(experiment_dir), address, echo, max_concurrent, sync_uri)
+
+
+def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None, echo,
+               max_concurrent: Optional[int], sync_uri: Optional[str]) -> list[dict]:
     import ray
 
     from .cluster import ensure_ray
@@ -55,7 +62,6 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
     if max_concurrent is not None and max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     ensure_ray(address)
-    experiment_dir = Path(experiment_dir)
     weights = share_checkpoints(run.config for run in runs)
     waiting, pending = list(runs), {}
     rows, epochs = [], []

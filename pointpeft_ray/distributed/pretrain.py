@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..engine.context import STATE_FILE, load_state
 from ..errors import PointPEFTError
+from ..folder_lock import exclusive_folder
 from ..pretrain.checkpoint import write_pretrain_checkpoint
 from ..pretrain.config import PretrainConfig
 from ..pretrain.loop import PretrainResult
@@ -30,7 +31,14 @@ def _pretrain_worker_loop(loop_config: dict) -> None:
 def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address: str | None = None,
                  echo=print) -> PretrainResult:
     """Pre-train with `spec.workers` Ray Train workers; returns the summary (with the
-    checkpoint path). Default output: config.output_path(), else <storage>/<name>/pretrain.pth."""
+    checkpoint path). Default output: config.output_path(), else <storage>/<name>/pretrain.pth.
+    A run another process is writing is refused (folder_lock)."""
+    spec = spec or RayRunSpec(name="pointpeft-pretrain")
+    with exclusive_folder(spec.local_run_dir(), f"run {spec.name!r}"):
+        return _fit_pretrain(config, spec, address, echo)
+
+
+def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None, echo) -> PretrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -38,7 +46,7 @@ def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address
 
     start = time.perf_counter()
     ensure_ray(address)
-    spec = (spec or RayRunSpec(name="pointpeft-pretrain")).resolved()
+    spec = spec.resolved()
     storage = spec.storage()
     # Workers write no file of their own; the driver writes it below.
     worker_config = config.replace(output=None, run_dir=None)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..configuration import check_name
 from ..engine.config import TrainConfig
+from ..folder_lock import exclusive_folder
 from ..results.storage import check_storage_path, is_uri
 
 SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
@@ -147,7 +148,13 @@ def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:
 def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weights=None):
     """Run the fine-tune with `spec.workers` Ray Train workers; returns Ray's Result.
     Rerunning with the same name and storage resumes from the latest checkpoint.
-    `weights`: model.checkpoint already in the object store (distributed.weights), else put there here."""
+    `weights`: model.checkpoint already in the object store (distributed.weights), else put there here.
+    A run another process is writing is refused (folder_lock)."""
+    with exclusive_folder(spec.local_run_dir(), f"run {spec.name!r}"):
+        return _fit(config, spec, address, weights)
+
+
+def _fit(config: TrainConfig, spec: RayRunSpec, address: str | None, weights):
     import ray.train
 
     from .cluster import ensure_ray, train_logging_config

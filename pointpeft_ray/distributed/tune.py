@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Optional
 from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
+from ..folder_lock import exclusive_folder
 from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
 from .cluster import ensure_ray, train_logging_config, verbose
@@ -54,13 +55,27 @@ class SearchSpec:
         storage = self.storage()
         return f"{storage.rstrip('/')}/{self.name}" if is_uri(storage) else str(Path(storage) / self.name)
 
+    def local_experiment_dir(self) -> Optional[str]:
+        """The experiment folder when storage is on this machine (None for a URI such as s3://)."""
+        storage = self.storage()
+        if is_uri(storage) and not storage.startswith("file://"):
+            return None
+        return str(Path(storage.removeprefix("file://")) / self.name)
+
 
 def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
                resume: bool = False, echo=print, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
     """Search `space` around `base`; returns where the results are and the best trial.
     `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline).
     `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
-    A name that already holds a search is refused unless `resume` (or `repair`) says what to do."""
+    A name that already holds a search is refused unless `resume` (or `repair`) says what to do,
+    and so is a search another process is writing (folder_lock)."""
+    with exclusive_folder(spec.local_experiment_dir(), f"search {spec.name!r}"):
+        return _search(base, space, spec, address, resume, echo, callbacks, repair)
+
+
+def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None, resume: bool, echo,
+            callbacks: tuple, repair: bool) -> SearchOutcome:
     import ray.tune
 
     from ..engine.loop import prepare_run

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..atomic import atomic_directory, atomic_file
+from ..atomic import atomic_directory, atomic_file, recover
 
 STATE_FILE = "run_state.pt"
 LAST_DIR = "last"
@@ -57,6 +57,7 @@ class InProcessContext:
     def restore(self) -> dict | None:
         if self.run_dir is None:
             return None
+        recover(self.run_dir / LAST_DIR)  # a crash while replacing it: the previous one comes back
         path = self.run_dir / LAST_DIR / STATE_FILE
         return load_state(path) if path.is_file() else None
 

@@ -31,6 +31,7 @@ from typing import Optional
 import yaml
 
 from ..atomic import atomic_write_text
+from ..folder_lock import exclusive_folder
 from ..errors import PointPEFTError, ResultsError
 from ..results.best_config import best_trial
 from ..results.report import EXPECTED_FILES as SEARCH_FILES
@@ -48,10 +49,15 @@ def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
     """Run every stage of `job`; returns where the results are and what they say.
     job_summary.json says `running` until the job ends, then `completed` or `failed`
     (with the error), so files left from an earlier run never pass for this one's."""
+    job_dir, remote = job_folders(job)
+    with exclusive_folder(job_dir, f"job {job.name!r}"):
+        return _run_job(job, job_dir, remote, address, echo)
+
+
+def _run_job(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None, echo) -> JobOutcome:
     from ..distributed.cluster import ensure_ray
 
     start = time.perf_counter()
-    job_dir, remote = job_folders(job)
     ensure_ray(address)
     if remote and exists_at(remote):
         echo(f"[job] resuming from {remote}")
