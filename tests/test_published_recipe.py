@@ -295,9 +295,9 @@ def test_published_schedule_is_timm_cosine_stepped_after_each_epoch():
             return 1e-6 + t * (5e-4 - 1e-6) / 10
         return 1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + math.cos(math.pi * t / 300))
 
-    assert build.lr_at(0, config) == pytest.approx(1e-6) and build.lr_at(1, config) == pytest.approx(1e-6)
+    assert build.lr_at(0, config.optim, config.recipe) == pytest.approx(1e-6) and build.lr_at(1, config.optim, config.recipe) == pytest.approx(1e-6)
     for epoch in (2, 10, 11, 12, 150, 299):
-        assert build.lr_at(epoch, config) == pytest.approx(timm(epoch - 1)), epoch
+        assert build.lr_at(epoch, config.optim, config.recipe) == pytest.approx(timm(epoch - 1)), epoch
 
 
 def test_a_published_recipe_run_trains_end_to_end(tmp_path):

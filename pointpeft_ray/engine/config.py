@@ -65,7 +65,7 @@ class DataSection(StrictConfig):
 
 
 class ScheduleSection(StrictConfig):
-    """AdamW with a warm-up then cosine schedule (build.lr_at reads these fields)."""
+    """AdamW with a warm-up then cosine schedule (build.lr_at follows it)."""
 
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.05, ge=0)

@@ -58,8 +58,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
                         export=lambda directory: write_pretrain_checkpoint(
                             build.unwrap(model).state_dict(), Path(directory) / "pretrain.pth", epoch + 1))
     for epoch in range(start_epoch, config.optim.epochs):
-        # build.lr_at reads only config.optim's schedule fields, which ours shares.
-        lr = build.lr_at(epoch, config)
+        lr = build.lr_at(epoch, config.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
         _seed_epoch(config.seed, epoch, context.rank)
