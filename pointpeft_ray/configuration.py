@@ -12,7 +12,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -71,8 +71,26 @@ class StrictConfig(BaseModel):
         return cls.from_dict(read_yaml_mapping(path), where=str(path))
 
     def replace(self, **changes: Any):
-        """A copy with some fields changed, validated again."""
-        return type(self)(**{**self.model_dump(), **changes})
+        """A copy with some fields changed, validated again (its sections passed as they are:
+        a dump would leave out PointPEFTConfig's preset)."""
+        return type(self)(**{**dict(self), **changes})
+
+
+def over_defaults(value: Any, handler: Callable[[Any], BaseModel], defaults: Mapping[str, Any]) -> BaseModel:
+    """For a field validator (mode="wrap"): the section `value` over `defaults` (a preset's).
+    Only the section's own fields count as set, so its dump (given_fields) says what the config
+    said, and a changed preset brings its own defaults when it is read again (docs/guide.md,
+    "The config")."""
+    given = given_fields(value) if isinstance(value, BaseModel) else value
+    if not isinstance(given, Mapping):
+        return handler(value)
+    section = handler({**defaults, **given})
+    return type(section).model_construct(set(given), **dict(section))
+
+
+def given_fields(section: BaseModel) -> dict[str, Any]:
+    """The fields a section was given, not those its defaults or presets filled in."""
+    return {name: getattr(section, name) for name in type(section).model_fields if name in section.model_fields_set}
 
 
 def at(where: str, message: str) -> str:

@@ -15,11 +15,11 @@ from .config import ScheduleSection, TrainConfig
 def build_model(config: TrainConfig, num_classes: int, echo=print, pretrained=None) -> nn.Module:
     """peft: frozen backbone + Point-PEFT; full: everything trains; linear: only the head trains.
     `pretrained`: the tensors of config.model.checkpoint already read (else read from the file)."""
-    backbone_config = config.model.backbone_config()
+    backbone_config = config.model.backbone
     if config.mode == "peft":
         backbone = PointMAEBackbone(backbone_config)
         _load_pretrained(backbone, config, echo, pretrained)
-        return get_peft_model(backbone, config.peft_config(), num_classes)
+        return get_peft_model(backbone, config.peft, num_classes)
     model = FullFinetuneClassifier(backbone_config, num_classes)
     _load_pretrained(model, config, echo, pretrained)
     if config.mode == "linear":

@@ -233,11 +233,11 @@ class JobSpec(StrictConfig):
         return config
 
     def _check_pretrain_fits(self, pretrain: PretrainConfig) -> None:
-        weights = pretrain.model.backbone_config()
+        weights = pretrain.model.backbone
         for where, config in self.with_pretrained(_PRETRAINED)._planned_configs():
             if config.model.checkpoint != _PRETRAINED:
                 continue  # it names its own checkpoint
-            differences = _weight_differences(weights, config.model.backbone_config())
+            differences = _weight_differences(weights, config.model.backbone)
             if differences:
                 raise ConfigError(
                     f"pretrain: its backbone does not fit {where}, which starts from its weights: "
