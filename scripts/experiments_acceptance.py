@@ -126,13 +126,14 @@ def cell_config(mode: str, variant: str, seed: int, checkpoint: str, args, out: 
         config = TrainConfig.from_yaml(ROOT / "configs" / f"synth_small_{mode}.yaml")
         options = {"samples_per_class": args.samples_per_class} if args.samples_per_class else {}
     optim = config.optim.replace(epochs=args.epochs, **({"lr": args.lr[mode]} if mode in args.lr else {}))
+    model = config.model.model_dump()
     return config.replace(
         seed=seed, run_dir=str(out / "cells" / f"{variant}-{mode}-seed{seed}"),
-        model={**config.model.model_dump(), "checkpoint": checkpoint,
-               "backbone": {**config.model.backbone, **({"head_hidden": args.head_hidden} if args.head_hidden else {})}},
+        model={**model, "checkpoint": checkpoint,
+               "backbone": {**model["backbone"], **({"head_hidden": args.head_hidden} if args.head_hidden else {})}},
         data={**config.data.model_dump(), "task": f"synth/{variant}", "options": options},
         optim=optim.model_dump(),
-        peft={**config.peft, **(args.peft if mode == "peft" else {})},
+        peft={**configuration.given_fields(config.peft), **(args.peft if mode == "peft" else {})},
     )
 
 

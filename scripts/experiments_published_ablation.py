@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import experiments_acceptance as acceptance  # noqa: E402
+from pointpeft_ray.configuration import given_fields  # noqa: E402
 
 ARMS: dict[str, dict] = {
     "ours": {"recipe": "ours", "peft": {}},
@@ -61,7 +62,7 @@ def acceptance_settings(epochs: int) -> argparse.Namespace:
 def arm_config(arm: str, variant: str, seed: int, checkpoint: str, settings, out: Path):
     spec = ARMS[arm]
     config = acceptance.cell_config("peft", variant, seed, checkpoint, settings, out)
-    peft = {**config.peft, **spec["peft"]}  # the tiny preset's bank encoder groups as its pre-training: 16
+    peft = {**given_fields(config.peft), **spec["peft"]}  # the tiny preset's bank encoder groups as its pre-training: 16
     data = config.data.model_dump()
     data["augment"] = spec.get("augment")
     return config.replace(recipe=spec["recipe"], peft=peft, data=data,

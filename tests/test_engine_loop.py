@@ -52,7 +52,7 @@ def test_every_mode_trains_and_reports(tmp_path, mode):
 
 def test_schedule_warmup_then_cosine(tmp_path):
     config = TrainConfig.from_dict({"optim": {"epochs": 20, "warmup_epochs": 5, "lr": 1e-3}})
-    lrs = [build.lr_at(e, config) for e in range(20)]
+    lrs = [build.lr_at(e, config.optim) for e in range(20)]
     assert lrs[0] == pytest.approx(1e-6) and lrs[5] == pytest.approx(1e-3)
     assert all(a < b for a, b in zip(lrs[:5], lrs[1:6])) and all(a > b for a, b in zip(lrs[5:], lrs[6:]))
 

@@ -29,12 +29,12 @@ def test_peft_options_and_head_width_reach_their_cells(monkeypatch, tmp_path):
     assert args.peft == {"adapter_dim": 4, "prompt_length": 12}
     peft = script.cell_config("peft", "hardest", 1, "/some/pretrain.pth", args, tmp_path)
     full = script.cell_config("full", "hardest", 1, "/some/pretrain.pth", args, tmp_path)
-    assert peft.peft_config().adapter_dim == 4 and peft.peft_config().prompt_length == 12
-    assert "adapter_dim" not in full.peft and "prompt_length" not in full.peft  # baselines: their own settings
+    assert peft.peft.adapter_dim == 4 and peft.peft.prompt_length == 12
+    assert full.peft.adapter_dim != 4 and full.peft.prompt_length != 12  # baselines: their own settings
     assert full.optim.lr == 2e-3 and peft.optim.lr == script.TINY_LR["peft"] and peft.optim.epochs == args.epochs
     for config, mode in ((peft, "peft"), (full, "full")):
         assert config.mode == mode and config.seed == 1 and config.data.task == "synth/hardest"
-        assert config.model.backbone["head_hidden"] == 56 and config.model.checkpoint == "/some/pretrain.pth"
+        assert config.model.backbone.head_hidden == 56 and config.model.checkpoint == "/some/pretrain.pth"
         assert config.run_dir == str(tmp_path / "cells" / f"hardest-{mode}-seed1")
 
 

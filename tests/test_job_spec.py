@@ -85,8 +85,8 @@ def test_quickstart_plan():
     assert {run.task for run in runs} == {"synth/objbg", "synth/hardest"}
     by_label = {run.label: run for run in runs}
     searched = by_label["synth_objbg-best"].config
-    assert (searched.peft["prompt_length"], searched.peft["memory_bank"], searched.optim.lr) == (6, False, 1e-3)
-    assert by_label["synth_objbg-published"].config.peft == {}
+    assert (searched.peft.prompt_length, searched.peft.memory_bank, searched.optim.lr) == (6, False, 1e-3)
+    assert by_label["synth_objbg-published"].config.model_dump()["peft"] == {}  # none of the base's
     full = by_label["synth_objbg-full"].config
     assert full.mode == "full" and full.optim.lr == 1e-3  # its own lr
     assert {run.config.optim.epochs for run in runs} == {base.optim.epochs}
@@ -242,7 +242,7 @@ def test_task_configs_apply_each_entry_over_the_base(tmp_path):
     assert (clean.data.task, clean.data.options, clean.mode) == ("synth/clean", {"samples_per_class": 4}, "peft")
     assert few.data.options == {"samples_per_class": 2, "seed": 3}  # replaced, not merged
     assert few.mode == "full"
-    assert few.peft == {"top_k": 2, "prompt_length": 6}  # merged over the base's
+    assert few.model_dump()["peft"] == {"prompt_length": 6, "top_k": 2}  # merged over the base's
     assert (few.optim.lr, few.optim.epochs, few.optim.batch_size) == (1.0e-3, 8, 8)
     resources = {run.label: run.resources for run in spec.multitask_runs()}
     assert (resources["clean"].cpus, resources["clean"].gpus) == (1.0, 0.25)
@@ -283,7 +283,7 @@ def test_finetune_runs_need_the_best_point_and_keep_only_its_active_values(tmp_p
     assert [run.label for run in runs] == ["synth_clean-best", "synth_clean-published", "synth_clean-full",
                                            "synth_hardest-best", "synth_hardest-published", "synth_hardest-full"]
     assert all(run.config.optim.epochs == 6 for run in runs)
-    assert runs[0].config.peft["prompt_length"] == 8 and runs[0].config.data.task == "synth/clean"
+    assert runs[0].config.peft.prompt_length == 8 and runs[0].config.data.task == "synth/clean"
 
 
 def test_baseline_overrides_merge_into_that_baseline_only(tmp_path):

@@ -83,7 +83,7 @@ def test_tasks_take_the_pretrained_weights_from_the_object_store_not_the_file(lo
     config = _config(tmp_path, "synth/clean", options={"samples_per_class": 4, "points": 256})
     config = config.replace(model={"preset": "tiny", "checkpoint": str(checkpoint)}, run_dir=str(tmp_path / "run"))
     torch.manual_seed(7)
-    weights = PointMAEBackbone(config.model.backbone_config()).state_dict()
+    weights = PointMAEBackbone(config.model.backbone).state_dict()
     torch.save({"base_model": weights}, checkpoint)
 
     shared = share_checkpoints([config, config])  # one entry per distinct file
@@ -92,7 +92,7 @@ def test_tasks_take_the_pretrained_weights_from_the_object_store_not_the_file(lo
     outcome = ray.get(ray.remote(num_cpus=1)(_train_task).remote(config.model_dump(), shared[str(checkpoint)]))
     assert outcome["row"]["epochs"] == 2 and outcome["row"]["node"] == ray.get_runtime_context().get_node_id()
 
-    backbone = PointMAEBackbone(config.model.backbone_config())
+    backbone = PointMAEBackbone(config.model.backbone)
     backbone.load_state_dict(weights)
     # the adapter's recorded backbone fingerprint matches these weights (from_adapter checks it)
     PointPEFTModel.from_adapter(backbone, outcome["row"]["adapter_path"])
@@ -101,7 +101,7 @@ def test_tasks_take_the_pretrained_weights_from_the_object_store_not_the_file(lo
 def test_a_two_worker_task_with_a_memory_bank_builds_it_in_a_task_of_its_own(local_ray, tmp_path):
     # The launcher of a multi-worker run holds no CPU: the bank is built by a task that does.
     config = _config(tmp_path, "synth/objbg", options={"samples_per_class": 4, "points": 256})
-    config = config.replace(peft={**config.peft, "memory_bank": True},
+    config = config.replace(peft=config.peft.replace(memory_bank=True),
                             optim=config.optim.replace(batch_size=16).model_dump())  # split over 2 workers
     assert config.uses_memory_bank()
     rows = run_tasks([TaskRun("ddp", config, cpus=1, workers=2)], tmp_path / "tasks", echo=lambda *_: None)

@@ -71,7 +71,7 @@ def tiny_config(data_cache, **changes) -> PretrainConfig:
 
 
 def tiny_shape(config: PretrainConfig) -> dict:
-    b = config.model.backbone_config()
+    b = config.model.backbone
     return dict(trans_dim=b.trans_dim, depth=b.depth, num_heads=b.num_heads, num_group=b.num_group,
                 group_size=b.group_size, encoder_dims=b.encoder_dims, drop_path_rate=b.drop_path_rate)
 
@@ -126,7 +126,7 @@ def test_mask_counts_are_exact_and_differ_per_sample():
 def test_encoder_sees_only_visible_patches_and_targets_are_the_masked_ones(data_cache):
     config = tiny_config(data_cache)  # tiny: 16 groups of 8, 60% -> 9 masked
     torch.manual_seed(0)
-    model = PointMAEPretrainModel(config.model.backbone_config(), config.mae)
+    model = PointMAEPretrainModel(config.model.backbone, config.mae)
     seen = []
     model.MAE_encoder.blocks.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
     points = torch.rand(3, 256, 3)
@@ -140,7 +140,7 @@ def test_encoder_sees_only_visible_patches_and_targets_are_the_masked_ones(data_
 
 def test_state_dict_is_the_published_pretrain_layout(data_cache):
     config = tiny_config(data_cache)
-    ours = PointMAEPretrainModel(config.model.backbone_config(), config.mae).state_dict()
+    ours = PointMAEPretrainModel(config.model.backbone, config.mae).state_dict()
     theirs = ref.PointMAEPretrain(ref.make_config(**tiny_shape(config)), decoder_depth=4).state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
 
@@ -228,7 +228,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_checkpoint_loads_into_our_backbone_and_classifier(pretrained):
     config, result = pretrained
-    backbone_config = config.model.backbone_config()
+    backbone_config = config.model.backbone
     backbone = PointMAEBackbone(backbone_config)
     report = load_checkpoint(backbone, result.checkpoint)
     assert set(report.missing) == PRETRAIN_ABSENT and report.unknown == []
@@ -252,7 +252,7 @@ def test_loader_still_reports_truly_unknown_keys(tmp_path, pretrained):
     state["base_model"]["some_other_head.weight"] = torch.ones(2)
     path = tmp_path / "extra.pth"
     torch.save(state, path)
-    report = load_checkpoint(PointMAEBackbone(pretrained[0].model.backbone_config()), path)
+    report = load_checkpoint(PointMAEBackbone(pretrained[0].model.backbone), path)
     assert report.unknown == ["some_other_head.weight"]
     assert "unexpected (1): some_other_head.weight" in str(report)
 
@@ -316,7 +316,7 @@ def test_concurrent_callers_pretrain_once(data_cache, tmp_path):
 
     def slow_fake_runner(config, echo=print):
         runs.append(config)
-        model = PointMAEPretrainModel(config.model.backbone_config(), config.mae)
+        model = PointMAEPretrainModel(config.model.backbone, config.mae)
         threading.Event().wait(0.3)  # hold the lock while the other caller arrives
         path = write_pretrain_checkpoint(model.state_dict(), config.output_path(), epoch=1)
         return PretrainResult(history=[{"train_loss": 0.5}], final_loss=0.5, epochs=1, checkpoint=path)
@@ -352,7 +352,7 @@ def test_shipped_configs_validate():
     small = PretrainConfig.from_yaml(REPO / "configs" / "pretrain_synth_small.yaml")
     assert small.model.preset == "small" and small.data.task == "synth/clean"
     published = PretrainConfig.from_yaml(REPO / "configs" / "pretrain_shapenet55.yaml")
-    backbone = published.model.backbone_config()
+    backbone = published.model.backbone
     assert (backbone.trans_dim, backbone.depth, backbone.num_group, backbone.group_size) == (384, 12, 64, 32)
     assert (published.optim.lr, published.optim.batch_size, published.optim.epochs) == (1e-3, 128, 300)
     assert published.mae.mask_ratio == 0.6 and published.data.task == "shapenet55"
@@ -385,7 +385,7 @@ def test_cli_pretrains_in_process_and_writes_the_checkpoint(data_cache, tmp_path
 
     config_file.write_text(json.dumps({"mae": {"mask_ratio": 2}}))
     bad = run_cli("pretrain", str(config_file), "--in-process", cwd=tmp_path)
-    assert bad.returncode == 2 and "tiny.yaml" in bad.stderr and "mae: MaskSection: mask_ratio" in bad.stderr
+    assert bad.returncode == 2 and "tiny.yaml" in bad.stderr and "mae: mask_ratio: Input should be less than 1" in bad.stderr
 
 
 def test_ray_runner_is_wired(pretrained, tmp_path):
@@ -413,5 +413,5 @@ def test_ray_runner_is_wired(pretrained, tmp_path):
 
     summary = ray_pretrain._result_from_checkpoint(FakeCheckpoint(), tmp_path / "out" / "pretrain.pth")
     assert summary.epochs == 1 and summary.final_loss == result.final_loss
-    report = load_checkpoint(PointMAEBackbone(config.model.backbone_config()), summary.checkpoint)
+    report = load_checkpoint(PointMAEBackbone(config.model.backbone), summary.checkpoint)
     assert set(report.missing) == PRETRAIN_ABSENT and report.unknown == []

@@ -50,14 +50,14 @@ def test_published_preset_sets_every_behaviour_and_keeps_sizes():
 
 def test_recipe_selects_the_published_peft_preset_unless_peft_preset_says_otherwise():
     published = TrainConfig.from_dict({"recipe": "published", "model": {"preset": "tiny"}})
-    assert published.peft_config().frozen_batchnorm == "train"
-    assert published.peft_config().prompt_depth == 1  # the tiny preset's sizes stay
-    assert published.peft_config().bank_num_group == 16  # its pre-training's grouping, not Point-MAE's 64
+    assert published.peft.frozen_batchnorm == "train"
+    assert published.peft.prompt_depth == 1  # the tiny preset's sizes stay
+    assert published.peft.bank_num_group == 16  # its pre-training's grouping, not Point-MAE's 64
     mixed = TrainConfig.from_dict({"recipe": "published", "peft": {"preset": "ours", "top_k": 4}})
-    assert mixed.peft_config().frozen_batchnorm == "eval" and mixed.peft_config().top_k == 4
+    assert mixed.peft.frozen_batchnorm == "eval" and mixed.peft.top_k == 4
     alone = TrainConfig.from_dict({"peft": {"preset": "published", "adapter_dropout": 0.2}})
-    assert alone.peft_config().bank_normalize is False and alone.peft_config().adapter_dropout == 0.2
-    with pytest.raises(ConfigError, match="peft.preset: unknown preset 'publshed'"):
+    assert alone.peft.bank_normalize is False and alone.peft.adapter_dropout == 0.2
+    with pytest.raises(ConfigError, match=r"peft: preset: Input should be 'ours' or 'published' \(got 'publshed'\)"):
         TrainConfig.from_dict({"peft": {"preset": "publshed"}})
     with pytest.raises(ConfigError, match="recipe"):
         TrainConfig.from_dict({"recipe": "paper"})
@@ -295,9 +295,9 @@ def test_published_schedule_is_timm_cosine_stepped_after_each_epoch():
             return 1e-6 + t * (5e-4 - 1e-6) / 10
         return 1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + math.cos(math.pi * t / 300))
 
-    assert build.lr_at(0, config) == pytest.approx(1e-6) and build.lr_at(1, config) == pytest.approx(1e-6)
+    assert build.lr_at(0, config.optim, config.recipe) == pytest.approx(1e-6) and build.lr_at(1, config.optim, config.recipe) == pytest.approx(1e-6)
     for epoch in (2, 10, 11, 12, 150, 299):
-        assert build.lr_at(epoch, config) == pytest.approx(timm(epoch - 1)), epoch
+        assert build.lr_at(epoch, config.optim, config.recipe) == pytest.approx(timm(epoch - 1)), epoch
 
 
 def test_a_published_recipe_run_trains_end_to_end(tmp_path):

@@ -210,7 +210,7 @@ def test_best_config_loads_and_equals_the_best_trials_config(tmp_path, space):
     assert write_best_config(trials_table(rows, space), configs, path) == "a"
     loaded = TrainConfig.from_yaml(path)
     assert loaded == configs["a"]
-    assert loaded.peft_config().top_k == 4 and loaded.model.preset == "small"
+    assert loaded.peft.top_k == 4 and loaded.model.preset == "small"
     assert no_temporaries(tmp_path)
 
 

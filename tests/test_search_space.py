@@ -80,9 +80,9 @@ def test_default_space_covers_every_knob_and_starts_at_the_published_setting():
              "model.backbone.drop_path_rate"}
     assert knobs <= set(space.parameter_names())
     published = space.apply(None, space.default_point())
-    assert published.peft_config() == TrainConfig().peft_config().replace(num_subcentres=64)
+    assert published.peft == TrainConfig().peft.replace(num_subcentres=64)
     assert published.optim == TrainConfig().optim
-    assert published.model.backbone_config() == TrainConfig().model.backbone_config()
+    assert published.model.backbone == TrainConfig().model.backbone
 
 
 # --- sampling ---
@@ -160,9 +160,9 @@ def test_apply_layers_base_config_space_base_and_point():
     assert config.data.task == "synth/clean" and config.data.options == {"points": 512}
     assert config.model.preset == "tiny" and config.optim.epochs == 20   # the space's base wins
     assert config.optim.batch_size == 16                                 # fixed value added
-    peft = config.peft_config()
+    peft = config.peft
     assert (peft.prompt_length, peft.top_k, peft.bank_seed) == (6, 4, 3)
-    assert config.optim.lr == 1e-3 and config.model.backbone_config().drop_path_rate == 0.2
+    assert config.optim.lr == 1e-3 and config.model.backbone.drop_path_rate == 0.2
 
 
 def test_apply_reports_a_combination_the_peft_config_rejects():

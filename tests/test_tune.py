@@ -64,7 +64,7 @@ def test_search_records_trials_failures_and_best_config(local_ray, tmp_path):
     best = TrainConfig.from_yaml(folder / "best_config.yaml")
     top = done[done.trial_id == outcome.best_trial].iloc[0]
     assert top.best_accuracy == pytest.approx(done.best_accuracy.max()) == outcome.best_accuracy
-    assert best.optim.lr == pytest.approx(top["param.optim.lr"]) and best.peft["prompt_length"] == 10
+    assert best.optim.lr == pytest.approx(top["param.optim.lr"]) and best.peft.prompt_length == 10
     assert best.run_dir is None and best.data.task == "synth/clean"
     # one memory bank for the whole search, built by the driver before the trials
     assert len(list((tmp_path / "cache" / "memory_banks").glob("*.arrow"))) == 1

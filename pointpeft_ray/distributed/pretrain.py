@@ -85,5 +85,5 @@ def _result_from_checkpoint(checkpoint, output: Path) -> PretrainResult:
 def _parameter_count(config: PretrainConfig) -> int:
     from ..pretrain.mae import PointMAEPretrainModel
 
-    model = PointMAEPretrainModel(config.model.backbone_config(), config.mae)
+    model = PointMAEPretrainModel(config.model.backbone, config.mae)
     return sum(p.numel() for p in model.parameters())

@@ -9,17 +9,17 @@ from torch import nn
 from ..models import FullFinetuneClassifier, PointMAEBackbone, get_peft_model, load_checkpoint
 from ..models.peft.model import PointPEFTModel
 from ..errors import ConfigError
-from .config import TrainConfig
+from .config import ScheduleSection, TrainConfig
 
 
 def build_model(config: TrainConfig, num_classes: int, echo=print, pretrained=None) -> nn.Module:
     """peft: frozen backbone + Point-PEFT; full: everything trains; linear: only the head trains.
     `pretrained`: the tensors of config.model.checkpoint already read (else read from the file)."""
-    backbone_config = config.model.backbone_config()
+    backbone_config = config.model.backbone
     if config.mode == "peft":
         backbone = PointMAEBackbone(backbone_config)
         _load_pretrained(backbone, config, echo, pretrained)
-        return get_peft_model(backbone, config.peft_config(), num_classes)
+        return get_peft_model(backbone, config.peft, num_classes)
     model = FullFinetuneClassifier(backbone_config, num_classes)
     _load_pretrained(model, config, echo, pretrained)
     if config.mode == "linear":
@@ -77,7 +77,7 @@ def make_optimizer(groups: list[dict], lr: float, device: torch.device) -> torch
     return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
 
 
-def lr_at(epoch: int, config: TrainConfig) -> float:
+def lr_at(epoch: int, schedule: ScheduleSection, recipe: str = "ours") -> float:
     """The learning rate of (0-based) `epoch`.
 
     Ours: linear warm-up from warmup_start_lr over warmup_epochs, then cosine from
@@ -85,8 +85,8 @@ def lr_at(epoch: int, config: TrainConfig) -> float:
     after each epoch): epoch e trains at f(max(e - 1, 0)), where f warms up the same
     way and its cosine counts from epoch 0 over all `epochs`.
     """
-    o = config.optim
-    if getattr(config, "recipe", "ours") == "published":  # pre-training configs have no recipe
+    o = schedule
+    if recipe == "published":
         step = max(epoch - 1, 0)
         if step < o.warmup_epochs:
             return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * step / o.warmup_epochs

@@ -7,15 +7,16 @@ defaults), and run-level fields (mode, seed, device, evaluation).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (Field, ValidationInfo, ValidatorFunctionWrapHandler, field_serializer, field_validator,
+                      model_validator)
 
 from ..assets import resolve_checkpoint
-from ..configuration import StrictConfig
+from ..configuration import StrictConfig, given_fields, over_defaults
 from ..errors import ConfigError
 from ..models.backbone import BackboneConfig
-from ..models.peft.config import PointPEFTConfig, peft_preset
+from ..models.peft.config import PointPEFTConfig
 from ..models.presets import PRESETS
 
 
@@ -23,20 +24,28 @@ class BackboneChoice(StrictConfig):
     """A backbone size: a named preset, with BackboneConfig fields overriding it."""
 
     preset: Optional[str] = Field("point_mae", description="named size (point_mae, small, tiny); fields below override it")
-    backbone: dict = Field(default_factory=dict, description="BackboneConfig fields overriding the preset")
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig,
+                                     description="BackboneConfig fields overriding the preset's")
 
-    @model_validator(mode="after")
-    def _known_preset(self):
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-        self.backbone_config()  # validate the overrides now, naming the bad key
-        return self
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: Optional[str]) -> Optional[str]:
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown preset; choose one of {', '.join(PRESETS)}")
+        return preset
 
-    def preset_backbone(self) -> dict:
-        return PRESETS[self.preset].backbone.model_dump() if self.preset else {}
+    @field_validator("backbone", mode="wrap")
+    @classmethod
+    def _over_preset(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> BackboneConfig:
+        return over_defaults(value, handler, cls.preset_backbone(info.data.get("preset")))
 
-    def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig.from_dict({**self.preset_backbone(), **self.backbone}, where="model.backbone")
+    @field_serializer("backbone")
+    def _as_given(self, backbone: BackboneConfig) -> dict:
+        return given_fields(backbone)
+
+    @classmethod
+    def preset_backbone(cls, preset: Optional[str]) -> dict:
+        return PRESETS[preset].backbone.model_dump() if preset else {}
 
 
 class ModelSection(BackboneChoice):
@@ -47,9 +56,6 @@ class ModelSection(BackboneChoice):
     @classmethod
     def _builtin(cls, value: Optional[str]) -> Optional[str]:
         return resolve_checkpoint(value)
-
-    def peft_defaults(self) -> dict:
-        return dict(PRESETS[self.preset].peft_overrides) if self.preset else {}
 
 
 class DataSection(StrictConfig):
@@ -65,7 +71,7 @@ class DataSection(StrictConfig):
 
 
 class ScheduleSection(StrictConfig):
-    """AdamW with a warm-up then cosine schedule (build.lr_at reads these fields)."""
+    """AdamW with a warm-up then cosine schedule (build.lr_at follows it)."""
 
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -96,8 +102,8 @@ class TrainConfig(StrictConfig):
         "voting, weight-decay rule, schedule) and PEFT behaviour (peft preset 'published' unless peft.preset "
         "says otherwise); see docs/method.md, \"Differences from the published code\"")
     model: ModelSection = Field(default_factory=ModelSection)
-    peft: dict = Field(default_factory=dict, description="PointPEFTConfig fields (over the model preset's), and "
-                       "optionally preset: ours | published (the published behaviour switches)")
+    peft: PointPEFTConfig = Field(default_factory=PointPEFTConfig, description="PointPEFTConfig fields over the "
+                                  "model preset's, and optionally preset: ours | published (default: the recipe's)")
     data: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     seed: int = 0
@@ -109,10 +115,18 @@ class TrainConfig(StrictConfig):
     run_dir: Optional[str] = Field(None, description="in-process runs: checkpoints (last/, best/) and TensorBoard logs")
     log_dir: Optional[str] = Field(None, description="TensorBoard event files; default run_dir/tensorboard")
 
-    @model_validator(mode="after")
-    def _peft_valid(self):
-        self.peft_config()
-        return self
+    @field_validator("peft", mode="wrap")
+    @classmethod
+    def _peft_over_presets(cls, value: Any, handler: ValidatorFunctionWrapHandler,
+                           info: ValidationInfo) -> PointPEFTConfig:
+        # The preset's behaviour switches, then the model preset's sizes, then what the config says.
+        model = info.data.get("model")
+        sizes = PRESETS[model.preset].peft_overrides if model is not None and model.preset else {}
+        return over_defaults(value, handler, {"preset": info.data.get("recipe", "ours"), **sizes})
+
+    @field_serializer("peft")
+    def _peft_as_given(self, peft: PointPEFTConfig) -> dict:
+        return given_fields(peft)
 
     def check_paths(self) -> "TrainConfig":
         """Fail before any work starts (and before Ray workers are launched) when a
@@ -126,16 +140,9 @@ class TrainConfig(StrictConfig):
         return self
 
     def uses_memory_bank(self) -> bool:
-        return self.mode == "peft" and self.peft_config().uses_bank
+        return self.mode == "peft" and self.peft.uses_bank
 
     def tensorboard_dir(self) -> Optional[Path]:
         if self.log_dir:
             return Path(self.log_dir)
         return Path(self.run_dir) / "tensorboard" if self.run_dir else None
-
-    def peft_config(self) -> PointPEFTConfig:
-        fields = dict(self.peft)
-        preset = fields.pop("preset", None) or self.recipe
-        # behaviour switches, then the model preset's sizes, then what the config says
-        return PointPEFTConfig.from_dict({**peft_preset(preset), **self.model.peft_defaults(), **fields},
-                                         where="peft")

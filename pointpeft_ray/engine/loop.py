@@ -145,7 +145,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
     result.setup_seconds = time.perf_counter() - start_time
     try:
         for epoch in range(start_epoch, config.optim.epochs):
-            lr = build.lr_at(epoch, config)
+            lr = build.lr_at(epoch, config.optim, config.recipe)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             train_stats = _train_epoch(model, optimizer, train_loader, epoch, config, device, use_bf16)

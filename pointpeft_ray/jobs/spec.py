@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, model_validator
 
-from ..configuration import StrictConfig, read_yaml_mapping
+from ..configuration import StrictConfig, at, read_yaml_mapping
+from ..data.tasks import get_task
 from ..distributed.tune import SearchSpec
 from ..engine.config import TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, PointPEFTError
 from ..models.backbone import BackboneConfig
 from ..pretrain.config import PretrainConfig
 from ..results.storage import is_uri
@@ -31,7 +32,6 @@ from ..results.tables import param_column
 from ..search.parameters import FixedParameter
 from ..search.paths import deep_merge
 from ..search.space import SearchSpace
-from .building import at, build_section, check_task
 from .paths import resolve_reference
 from .sections import (FinetuneSection, Label, PretrainSection, ResourcesSection, RuntimeEnvSection,
                        TaskEntry, TuneSection)
@@ -77,7 +77,7 @@ class JobSpec(StrictConfig):
     description: Optional[str] = None
     storage: str = Field("runs", description="local folder (relative: to where the job runs) or pyarrow.fs URI")
     seed: int = Field(0, description="TPE seed, and every run's seed unless base / pretrain set one")
-    base: dict = Field(default_factory=dict, description="TrainConfig fields every run starts from")
+    base: TrainConfig = Field(default_factory=TrainConfig, description="the TrainConfig every run starts from")
     pretrain: Optional[PretrainSection] = None
     tune: Optional[TuneSection] = None
     finetune: Optional[FinetuneSection] = None
@@ -87,6 +87,11 @@ class JobSpec(StrictConfig):
     report: bool = Field(True, description="write the job's report (tables, plots) at the end")
     # Set by with_pretrained: the pre-trained weights every run without its own checkpoint loads.
     _pretrained: Optional[str] = PrivateAttr(None)
+
+    @field_serializer("base")
+    def _base_as_given(self, base: TrainConfig) -> dict:
+        # What the file said: the job's seed stays every run's seed unless base sets one.
+        return base.model_dump(exclude_unset=True)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -120,8 +125,8 @@ class JobSpec(StrictConfig):
                   job_dir: str | Path | None = None) -> "JobSpec":
         """Check the mapping, resolve its file references against `job_dir` (see
         jobs/paths.py) and check what they refer to; errors start with `where`."""
+        spec = super().from_dict(data, where=where)
         try:
-            spec = build_section(cls, dict(data or {}), "")
             return spec.resolve_paths(job_dir).check_references()
         except ConfigError as err:
             raise ConfigError(at(where or "", str(err))) from None
@@ -134,15 +139,15 @@ class JobSpec(StrictConfig):
         changes: dict[str, Any] = {}
         if self.tune is not None:
             space = resolve_reference(self.tune.space, folder, "tune.space")
-            changes["tune"] = self.tune.replace(space=space).model_dump()
+            changes["tune"] = self.tune.replace(space=space)
         if self.pretrain is not None and self.pretrain.config:
             config = resolve_reference(self.pretrain.config, folder, "pretrain.config")
-            changes["pretrain"] = self.pretrain.replace(config=config).model_dump()
+            changes["pretrain"] = self.pretrain.replace(config=config)
         if self.runtime_env.working_dir:
             try:
                 working_dir = resolve_reference(self.runtime_env.working_dir, folder, "runtime_env.working_dir",
                                                 "folder")
-                changes["runtime_env"] = self.runtime_env.replace(working_dir=working_dir).model_dump()
+                changes["runtime_env"] = self.runtime_env.replace(working_dir=working_dir)
             except ConfigError:
                 # Only `submit` uploads it (and checks it then); on the cluster, `run`
                 # reads the same file where that folder has already been uploaded.
@@ -190,7 +195,7 @@ class JobSpec(StrictConfig):
 
     def train_config(self) -> TrainConfig:
         """The validated base TrainConfig (the job's seed unless base sets one)."""
-        return build_section(TrainConfig, self._base_fields(), "base")
+        return TrainConfig.from_dict(self._base_fields(), path="base")
 
     def with_pretrained(self, checkpoint: str | Path) -> "JobSpec":
         """A copy whose runs start from `checkpoint` (ensure_pretrained's path): every config
@@ -201,7 +206,7 @@ class JobSpec(StrictConfig):
 
     def _base_fields(self) -> dict:
         """What every run starts from: the job's seed, `base`, the pre-trained checkpoint."""
-        fields = {"seed": self.seed, **self.base}
+        fields = {"seed": self.seed, **self.base.model_dump(exclude_unset=True)}
         if self._pretrained is not None:
             fields = deep_merge(fields, {"model": {"checkpoint": self._pretrained}})
         return fields
@@ -223,16 +228,16 @@ class JobSpec(StrictConfig):
         merged = deep_merge({"seed": self.seed, **fields}, self.pretrain.settings)
         # An error here comes from the settings, or from them together with the file.
         where = "pretrain.settings" if not self.pretrain.config else f"pretrain ({self.pretrain.config} + settings)"
-        config = build_section(PretrainConfig, merged, where)
+        config = PretrainConfig.from_dict(merged, path=where)
         check_task(config.data.task, config.data.options, f"{where}: data.task", f"{where}: data.options")
         return config
 
     def _check_pretrain_fits(self, pretrain: PretrainConfig) -> None:
-        weights = pretrain.model.backbone_config()
+        weights = pretrain.model.backbone
         for where, config in self.with_pretrained(_PRETRAINED)._planned_configs():
             if config.model.checkpoint != _PRETRAINED:
                 continue  # it names its own checkpoint
-            differences = _weight_differences(weights, config.model.backbone_config())
+            differences = _weight_differences(weights, config.model.backbone)
             if differences:
                 raise ConfigError(
                     f"pretrain: its backbone does not fit {where}, which starts from its weights: "
@@ -264,7 +269,7 @@ class JobSpec(StrictConfig):
         """The search's base: base, then tune.overrides, then tune.epochs (the most a trial trains)."""
         if self.tune is None:
             raise ConfigError("tune: this job has no tune stage")
-        config = build_section(TrainConfig, deep_merge(self._base_fields(), self.tune.overrides), "tune.overrides")
+        config = TrainConfig.from_dict(deep_merge(self._base_fields(), self.tune.overrides), path="tune.overrides")
         return _with_epochs(config, self.tune.epochs, "tune.epochs")
 
     def search_spec(self, experiment_name: str | None = None) -> SearchSpec:
@@ -333,7 +338,7 @@ class JobSpec(StrictConfig):
 
     def _finetune_variants(self, task: str, choice: str, space: Optional[SearchSpace],
                            best_params: Optional[Mapping], where: str) -> Iterator[tuple[str, TrainConfig]]:
-        on_task = build_section(TrainConfig, deep_merge(self._base_fields(), {"data": {"task": task}}), where)
+        on_task = TrainConfig.from_dict(deep_merge(self._base_fields(), {"data": {"task": task}}), path=where)
         foundation = space.base_config(on_task) if space is not None else on_task
         if choice == "best":
             yield "best", self._best_config(space, on_task, best_params)
@@ -342,7 +347,7 @@ class JobSpec(StrictConfig):
         for baseline in self.finetune.compare:
             fields = deep_merge({**foundation.model_dump(), **BASELINES[baseline]},
                                self.finetune.overrides.get(baseline, {}))
-            yield baseline, build_section(TrainConfig, fields, f"finetune.compare ({baseline} on {task})")
+            yield baseline, TrainConfig.from_dict(fields, path=f"finetune.compare ({baseline} on {task})")
 
     @staticmethod
     def _best_config(space: SearchSpace, on_task: TrainConfig, best_params: Mapping) -> TrainConfig:
@@ -372,7 +377,7 @@ class JobSpec(StrictConfig):
         return runs
 
     def _task_config(self, index: int, entry: TaskEntry) -> TrainConfig:
-        return build_section(TrainConfig, entry.applied_to(self._base_fields()), f"multitask[{index}]")
+        return TrainConfig.from_dict(entry.applied_to(self._base_fields()), path=f"multitask[{index}]")
 
     def _check_multitask(self) -> None:
         seen: dict[str, int] = {}
@@ -419,7 +424,19 @@ def _weight_differences(pretrained: BackboneConfig, run: BackboneConfig) -> str:
 def _with_epochs(config: TrainConfig, epochs: Optional[int], where: str) -> TrainConfig:
     if epochs is None:
         return config
-    return build_section(TrainConfig, deep_merge(config.model_dump(), {"optim": {"epochs": epochs}}), where)
+    return TrainConfig.from_dict(deep_merge(config.model_dump(), {"optim": {"epochs": epochs}}), path=where)
+
+
+def check_task(name: str, options: Optional[Mapping], task_path: str, options_path: str) -> None:
+    """The task is in the registry (else the nearest names) and takes these options."""
+    try:
+        spec = get_task(name)
+    except PointPEFTError as err:  # DataFormatError from the registry
+        raise ConfigError(at(task_path, str(err))) from None
+    try:
+        spec.with_options(**dict(options or {}))
+    except PointPEFTError as err:
+        raise ConfigError(at(options_path, str(err))) from None
 
 
 def _first(value: Any, default: Any) -> Any:

@@ -20,8 +20,9 @@ PRESET_PRETRAIN_OVERRIDES = {"point_mae": {"num_group": 64}}
 
 
 class PretrainModelSection(BackboneChoice):
-    def preset_backbone(self) -> dict:
-        return {**super().preset_backbone(), **PRESET_PRETRAIN_OVERRIDES.get(self.preset, {})}
+    @classmethod
+    def preset_backbone(cls, preset: Optional[str]) -> dict:
+        return {**super().preset_backbone(preset), **PRESET_PRETRAIN_OVERRIDES.get(preset, {})}
 
 
 class MaskSection(StrictConfig):
@@ -70,14 +71,14 @@ class PretrainConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _mask_leaves_both_sides(self):
-        groups = self.model.backbone_config().num_group
+        groups = self.model.backbone.num_group
         masked = masked_count(groups, self.mae.mask_ratio)
         if masked < 1 or masked >= groups:
             raise ValueError(
                 f"mae.mask_ratio {self.mae.mask_ratio} masks {masked} of {groups} patches; "
                 f"at least one patch must be masked and one visible"
             )
-        heads, dim = self.mae.decoder_num_heads, self.model.backbone_config().trans_dim
+        heads, dim = self.mae.decoder_num_heads, self.model.backbone.trans_dim
         if heads is not None and dim % heads:
             raise ValueError(f"mae.decoder_num_heads ({heads}) must divide trans_dim ({dim})")
         return self

@@ -47,7 +47,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
     torch.manual_seed(config.seed)  # the initial weights
     spec = get_task(config.data.task).with_options(**config.data.options)
     data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
-    model = PointMAEPretrainModel(config.model.backbone_config(), config.mae).to(device)
+    model = PointMAEPretrainModel(config.model.backbone, config.mae).to(device)
     result = PretrainResult(total_params=sum(p.numel() for p in model.parameters()))
     model = context.wrap_model(model)
     optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay), config.optim.lr, device)
@@ -58,8 +58,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
                         export=lambda directory: write_pretrain_checkpoint(
                             build.unwrap(model).state_dict(), Path(directory) / "pretrain.pth", epoch + 1))
     for epoch in range(start_epoch, config.optim.epochs):
-        # build.lr_at reads only config.optim's schedule fields, which ours shares.
-        lr = build.lr_at(epoch, config)
+        lr = build.lr_at(epoch, config.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
         _seed_epoch(config.seed, epoch, context.rank)

@@ -17,12 +17,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from ..engine.config import TrainConfig
-from ..models.backbone import BackboneConfig
-from ..models.peft.config import PointPEFTConfig
 
-# TrainConfig holds these two sections as plain dicts (so presets can fill them in);
-# their valid keys are the fields of these configs.
-DICT_SECTIONS: dict[str, type[BaseModel]] = {"peft": PointPEFTConfig, "model.backbone": BackboneConfig}
 # Free-form dicts: any key is accepted (task options differ per task).
 FREE_SECTIONS = frozenset({"data.options"})
 
@@ -88,7 +83,7 @@ def resolve_field(path: str) -> ConfigField:
             if len(parts) - index != 2:
                 raise ValueError(f"name one key under {here} (e.g. {here}.points)")
             return ConfigField(path, None)
-        section = _section_model(model, here, part)
+        section = _section_model(model, part)
         if section is not None:
             if last:
                 raise ValueError(f"{path!r} is a section; name one of its fields: {', '.join(section.model_fields)}")
@@ -103,9 +98,7 @@ def resolve_field(path: str) -> ConfigField:
     raise ValueError("empty path")
 
 
-def _section_model(model: type[BaseModel], here: str, part: str) -> Optional[type[BaseModel]]:
-    if here in DICT_SECTIONS:
-        return DICT_SECTIONS[here]
+def _section_model(model: type[BaseModel], part: str) -> Optional[type[BaseModel]]:
     field = model.model_fields.get(part)
     annotation = field.annotation if field else None
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -119,13 +112,9 @@ def _nearest(name: str, model: type[BaseModel], prefix: str) -> str:
 
 
 def effective_value(config: TrainConfig, path: str) -> Any:
-    """The value a run with `config` uses for `path`: PEFT and backbone fields include the
-    preset's values and the config defaults, not only what the YAML wrote."""
+    """The value a run with `config` uses for `path` (PEFT and backbone fields: the presets'
+    values where the config sets none)."""
     section, _, name = path.rpartition(".")
-    if section == "peft":
-        return getattr(config.peft_config(), name)
-    if section == "model.backbone":
-        return getattr(config.model.backbone_config(), name)
     if section in FREE_SECTIONS:
         options = config.data.options
         if name not in options:

@@ -199,8 +199,8 @@ def _checked_against_backbone(config: TrainConfig) -> TrainConfig:
     """PEFT settings that exceed the backbone (prompt_depth > depth, adapter k > sub-centres)
     would otherwise fail only when the trial builds its model."""
     if config.mode == "peft":
-        backbone = config.model.backbone_config()
-        config.peft_config().check_backbone(backbone.depth, backbone.num_group)
+        backbone = config.model.backbone
+        config.peft.check_backbone(backbone.depth, backbone.num_group)
     return config
 
 

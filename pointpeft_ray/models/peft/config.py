@@ -4,13 +4,13 @@ Kept separate from the code that injects modules (as in HF PEFT), so a search
 space can refer to these field names and a saved adapter carries its config.
 The sizes default to the published ones; where our code differs from the
 published code in behaviour, a field names the difference and
-`PointPEFTConfig.published()` selects the published behaviour for all of
-them (docs/method.md, "Differences from the published code", lists each with
-its measured effect).
+`PointPEFTConfig.published()` (`preset: published`) selects the published
+behaviour for all of them (docs/method.md, "Differences from the published
+code", lists each with its measured effect).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,12 @@ from ...errors import ConfigError
 
 
 class PointPEFTConfig(StrictConfig):
+    # Left out of dumps: the fields it fills in say everything (an adapter's saved config is its
+    # fields); a TrainConfig's dump keeps it where the config names it.
+    preset: Literal["ours", "published"] = Field(
+        "ours", exclude=True, description="the behaviour switches the fields below do not set: ours, or "
+        "published (the published code's behaviour, PUBLISHED_BEHAVIOUR)")
+
     # Point-prior Prompt (docs/method.md, "Point-prior Prompt")
     prompt_length: int = Field(10, ge=0, le=256, description="P: prompt tokens per prompted block (0 = no prompt)")
     prompt_depth: int = Field(6, ge=0, description="L: prompted blocks, counted from the first")
@@ -88,6 +94,13 @@ class PointPEFTConfig(StrictConfig):
     train_cls_token: bool = True
     train_final_norm: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_under_fields(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("preset") in PEFT_PRESETS:
+            return {**PEFT_PRESETS[data["preset"]], **data}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.memory_bank and self.prompt_length and self.top_k > self.prompt_length - 2:
@@ -112,7 +125,7 @@ class PointPEFTConfig(StrictConfig):
     @classmethod
     def published(cls, **changes) -> "PointPEFTConfig":
         """Every behaviour as the published code has it (sizes from `changes` or the defaults)."""
-        return cls(**{**PUBLISHED_BEHAVIOUR, **changes})
+        return cls(**{"preset": "published", **changes})
 
     @property
     def uses_prompt(self) -> bool:
@@ -167,9 +180,3 @@ PUBLISHED_BEHAVIOUR: dict = {
 }
 
 PEFT_PRESETS: dict[str, dict] = {"ours": {}, "published": PUBLISHED_BEHAVIOUR}
-
-
-def peft_preset(name: str) -> dict:
-    if name not in PEFT_PRESETS:
-        raise ConfigError(f"peft.preset: unknown preset {name!r}; choose one of {', '.join(PEFT_PRESETS)}")
-    return dict(PEFT_PRESETS[name])
