@@ -12,6 +12,7 @@ experiment directory as Arrow tables while trials finish (see distributed.record
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,15 @@ from typing import TYPE_CHECKING, Optional
 from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
+from ..logs import quiet
 from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
 from .cluster import ensure_ray, train_logging_config, verbose
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
     from .recorder import SearchOutcome
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +60,7 @@ class SearchSpec:
 
 
 def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
-               resume: bool = False, echo=print, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
+               resume: bool = False, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
     """Search `space` around `base`; returns where the results are and the best trial.
     `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline).
     `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
@@ -71,8 +75,8 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
     if repair:
         done = recorder.repair()
         moved = ", ".join(f"{name} -> {aside}" for name, aside in done["moved_aside"].items()) or "none"
-        echo(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in {spec.experiment_dir()} "
-             f"(from {done['trial_folders']} trial folders; damaged files kept: {moved})")
+        logger.info(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in {spec.experiment_dir()} "
+                    f"(from {done['trial_folders']} trial folders; damaged files kept: {moved})")
         if not resume:
             return recorder.outcome()
     elif not resume and (recorder.has_record() or ray.tune.Tuner.can_restore(spec.experiment_dir())):
@@ -88,13 +92,13 @@ def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address:
         # `verbose` says; the classic reporter honours verbose=0. Our progress line says enough.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
-    prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
+    prepare_run(space.base_config(base))  # data and bank once, not by the first trials
     # The pre-trained weights: read here once, then from each node's object store (trials
     # on nodes without the driver's files find them there).
     weights = share_checkpoints([base]).get(base.model.checkpoint)
     from .search_progress import SearchProgress
 
-    progress = SearchProgress(spec.samples, base.optim.epochs, echo)
+    progress = SearchProgress(spec.samples, base.optim.epochs)
     tuner = _restored_tuner(base, space, spec, weights) if resume else \
         _new_tuner(base, space, spec, [recorder, progress, *callbacks], weights)
     tuner.fit()
@@ -216,12 +220,12 @@ def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, w
 def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
     from ..engine.context import TuneTrialContext
     from ..engine.loop import train
-    from .train import quiet_ray_train_reports
+    from .train import worker_logging
     from .weights import shared_tensors
 
-    quiet_ray_train_reports()
-
-    train(config, context=TuneTrialContext(), echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
+    worker_logging()
+    with quiet():  # one trial among many: the search's progress line speaks for it
+        train(config, context=TuneTrialContext(), pretrained=shared_tensors(weights_ref))
 
 
 def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dict, weights_ref=None) -> None:
