@@ -14,27 +14,21 @@ LEVEL_ENV = "POINTPEFT_LOG_LEVEL"  # DEBUG (-v), INFO (the default) or WARNING (
 
 
 class ConsoleHandler(logging.StreamHandler):
-    """The stream is looked up per message: one replaced later (Ray's worker redirection,
-    pytest's capture) is the one written to."""
-
+    # The stream is looked up per message: one replaced later (Ray's worker redirection, pytest's capture) counts.
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
         super().emit(record)
 
 
-def chosen_level() -> str:
-    return os.environ.get(LEVEL_ENV, "INFO").upper()
-
-
 def configure(ray_process: bool = False) -> None:
-    """One console handler at chosen_level(), however often called (reused Ray workers call it
-    per run). `ray_process`: Ray Train gives its workers' root logger a console handler too,
-    so the messages stop here rather than show twice."""
+    """One console handler at $POINTPEFT_LOG_LEVEL, however often called (reused Ray workers
+    call it per run). `ray_process`: Ray Train gives its workers' root logger a console
+    handler too, so the messages stop here rather than show twice."""
     logger = logging.getLogger(ROOT)
     for handler in [h for h in logger.handlers if isinstance(h, ConsoleHandler)]:
         logger.removeHandler(handler)
     logger.addHandler(ConsoleHandler())
-    logger.setLevel(chosen_level())
+    logger.setLevel(os.environ.get(LEVEL_ENV, "INFO").upper())
     logger.propagate = not ray_process
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-from ..logs import LEVEL_ENV, chosen_level
+from ..logs import LEVEL_ENV
 
 
 def verbose() -> bool:
     """`pointpeft-ray -v`: Ray's own INFO messages too."""
-    return chosen_level() == "DEBUG"
+    return os.environ.get(LEVEL_ENV, "").upper() == "DEBUG"
 
 
 def train_logging_config():
