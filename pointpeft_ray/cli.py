@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
+from . import logs
 from .configuration import check_name, name_from_path
 from .errors import PointPEFTError
 from .folder_lock import exclusive_folder
 from .output import write_json
+
+logger = logging.getLogger("pointpeft_ray.cli")  # not __name__: that is __main__ under `python -m`
 
 
 def _add_bench_model(sub) -> None:
@@ -148,12 +152,6 @@ def _add_train(commands) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _print_epoch(metrics: dict) -> None:
-    from .engine.summary import format_epoch
-
-    print(format_epoch(metrics), flush=True)
-
-
 def _check_name_flag(args) -> None:
     if args.name is not None:
         check_name(args.name, "--name")
@@ -186,12 +184,12 @@ def _run_train(args) -> int:
 
 def _train_in_process(config, spec):
     from .engine.loop import train
-    from .engine.summary import RunSummary
+    from .engine.summary import RunSummary, format_epoch
 
     run_dir = config.run_dir or (str(spec.local_run_dir()) if spec.local_run_dir() else None)
     config = config.replace(run_dir=run_dir)
     with exclusive_folder(run_dir, f"run {spec.name!r}"):
-        result = train(config, report=_print_epoch)
+        result = train(config, report=lambda metrics: logger.info(format_epoch(metrics)))
     return RunSummary.from_run_result(result, run_dir, config.tensorboard_dir())
 
 
@@ -284,10 +282,12 @@ def _run_job(args) -> int:
     if args.storage:
         job = job.replace(storage=args.storage)
     try:
-        outcome = run_job(job, args.address, echo=lambda line: print(line, flush=True))
+        outcome = run_job(job, args.address)
     except KeyboardInterrupt:
         print(f"pointpeft-ray: interrupted; rerun `pointpeft-ray run {args.job}` to resume", file=sys.stderr)
         return 130
+    if outcome.report_text:
+        print(outcome.report_text)
     if args.json_path:
         write_json(args.json_path, asdict(outcome))
     return 0
@@ -437,8 +437,11 @@ def _run_bench_multitask(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointpeft-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true",
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="DEBUG",
                         help="Ray's own INFO messages, and full tracebacks of unexpected errors")
+    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="WARNING",
+                        help="warnings and errors only (no progress lines)")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="benchmarks (a table, and JSON with --json)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -467,9 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     args = build_parser().parse_args(argv)
-    if args.verbose:
-        os.environ["POINTPEFT_VERBOSE"] = "1"  # distributed.cluster.VERBOSE_ENV; Ray's processes inherit it
+    if args.log_level:
+        os.environ[logs.LEVEL_ENV] = args.log_level  # Ray's processes inherit it (pointpeft_ray/logs.py)
     try:
+        logs.configure()  # a level name it does not know is a ValueError, reported below
         return args.func(args)
     except (PointPEFTError, ValueError) as err:
         print(f"pointpeft-ray: error: {err}", file=sys.stderr)
@@ -478,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pointpeft-ray: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line unless asked for the traceback
-        if args.verbose:
+        if args.log_level == "DEBUG":
             raise
         where = (str(err).strip().splitlines() or [""])[0][:300]
         print(f"pointpeft-ray: error: {type(err).__name__}: {where} (rerun with --verbose for the traceback)",

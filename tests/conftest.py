@@ -1,3 +1,6 @@
+import logging
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -30,3 +33,34 @@ def local_ray():
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def logged():
+    """The messages of the `pointpeft_ray` loggers at INFO and above inside the block, in
+    order (usable where caplog is not: module-scoped fixtures)."""
+    logger = logging.getLogger("pointpeft_ray")
+    handler, level = _Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def log_messages():
+    """What the package logs during the test (a list that grows as it runs)."""
+    with logged() as messages:
+        yield messages

@@ -51,7 +51,7 @@ def trained(local_ray, tmp_path_factory):
     runs = [TaskRun(label, _config(root, task, checkpoint)) for label, task in TASKS.items()]
     # objbg also checks voting: the bank must repeat the evaluation's augmented views
     runs[1] = TaskRun("objbg", runs[1].config.replace(data={**runs[1].config.data.model_dump(), "voting_views": 2}))
-    run_tasks(runs, root / "tasks", echo=lambda *_: None)
+    run_tasks(runs, root / "tasks")
     table = pd.read_parquet(root / "tasks" / "tasks.parquet")
     assert sorted(table.status) == ["completed", "completed"], table.get("error")
     return root, checkpoint, table
@@ -145,7 +145,7 @@ def test_the_backbone_is_shared_and_swapping_restores_each_adapter(trained, bank
     # and equals a model built on its own from the run's folder
     row = table.set_index("task").loc["clean"]
     config = _config(root, "synth/clean", checkpoint)
-    alone = PointPEFTModel.from_adapter(build_seeded_model(config, 15, echo=lambda *_: None).backbone,
+    alone = PointPEFTModel.from_adapter(build_seeded_model(config, 15).backbone,
                                         row.adapter_path).eval()
     with torch.no_grad():
         expected = alone(torch.from_numpy(np.array(clean))).softmax(-1).numpy()

@@ -12,12 +12,12 @@ from .test_job_runner import tiny_job, write
 
 def test_bench_search_runs_a_jobs_search_three_ways(local_ray, tmp_path):
     job = tiny_job(tmp_path, tune={"space": "space.yaml", "samples": 3, "epochs": 2, "grace_period": 1})
-    setup = setup_from_job(write(tmp_path, job), echo=lambda *_: None)
+    setup = setup_from_job(write(tmp_path, job))
     assert (setup.trials, setup.base.optim.epochs, setup.grace_period) == (3, 2, 1)
     assert setup.base.model.checkpoint and (tmp_path / "cache" / "pretrained").is_dir()  # the job's pre-training
 
     out = tmp_path / "bench.json"
-    payload = run_bench(setup, json_path=str(out), echo=lambda *_: None)
+    payload = run_bench(setup, json_path=str(out))
 
     methods = payload["methods"]
     assert {name: m["trials"] for name, m in methods.items()} == {"ray_tune": 3, "optuna": 3, "random": 3}
@@ -38,4 +38,4 @@ def test_bench_search_needs_a_job_with_a_tune_stage(tmp_path):
     del job["tune"], job["finetune"]
     path = write(tmp_path, job, "no_tune.yaml")
     with pytest.raises(ConfigError, match="no_tune.yaml: the job has no tune stage"):
-        setup_from_job(path, echo=lambda *_: None)
+        setup_from_job(path)

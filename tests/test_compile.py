@@ -9,6 +9,7 @@ from pointpeft_ray.engine import acceleration
 from pointpeft_ray.engine.loop import train
 from pointpeft_ray.models import MemoryBank, PointMAEBackbone, get_peft_model
 from pointpeft_ray.models.presets import get_preset
+from tests.conftest import logged
 from tests.test_engine_loop import tiny_config
 
 
@@ -37,12 +38,11 @@ def test_compiled_step_equals_eager_step(monkeypatch):
     # inductor's own RNG would draw different dropout masks from eager mode's
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     eager, compiled, points = tiny_peft_pair()
-    messages = []
-    acceleration.compile_model(compiled, True, echo=messages.append)
+    acceleration.compile_model(compiled, True)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints keep their keys
     want_logits, want_grads = step(eager, points)
     got_logits, got_grads = step(compiled, points)
-    assert not compiled.forward.fell_back, messages
+    assert not compiled.forward.fell_back, compiled.forward.fell_back
     torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
     assert got_grads.keys() == want_grads.keys()
     # Fused reductions sum in another order: equal up to float32 rounding, relative to the
@@ -58,11 +58,10 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_message():
         raise RuntimeError("no C++ compiler found")
 
     eager, compiled, points = tiny_peft_pair()
-    messages = []
-    acceleration.compile_model(compiled, True, echo=messages.append, backend=broken_backend)
+    acceleration.compile_model(compiled, True, backend=broken_backend)
     eager.eval(), compiled.eval()
     index = torch.arange(len(points))
-    with torch.no_grad():
+    with torch.no_grad(), logged() as messages:
         for _ in range(2):
             torch.testing.assert_close(compiled(points, sample_index=index), eager(points, sample_index=index))
     assert compiled.forward.fell_back
@@ -78,10 +77,10 @@ def test_disabled_compile_leaves_the_model_alone():
 
 def test_training_loop_compiles_when_the_config_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(acceleration, "BACKEND", "eager")  # dynamo tracing without inductor's compile time
-    messages = []
     reports = []
-    train(tiny_config(tmp_path, compile=True, optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 8}),
-          report=reports.append, echo=messages.append)
+    with logged() as messages:
+        train(tiny_config(tmp_path, compile=True, optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 8}),
+              report=reports.append)
     assert any(m.startswith("[compile]") and "compiled" in m for m in messages), messages
     assert not any("running eagerly" in m for m in messages)
     assert reports and reports[-1]["train_loss"] > 0

@@ -11,6 +11,7 @@ from pointpeft_ray.engine.loop import (ADAPTER_DIR, MODEL_FILE, RESTORED_EPOCHS_
                                        build_seeded_model, train)
 from pointpeft_ray.errors import ConfigError
 from pointpeft_ray.models.peft.model import PointPEFTModel
+from tests.conftest import logged
 from tests.test_tasks import write_scanobjectnn
 
 
@@ -29,7 +30,7 @@ def tiny_config(tmp_path, mode="peft", **changes):
 @pytest.mark.parametrize("mode", ["peft", "full", "linear"])
 def test_every_mode_trains_and_reports(tmp_path, mode):
     reports = []
-    result = train(tiny_config(tmp_path, mode), report=reports.append, echo=lambda *_: None)
+    result = train(tiny_config(tmp_path, mode), report=reports.append)
     assert [r["epoch"] for r in reports] == [1, 2]
     last = reports[-1]
     for key in ("train_loss", "train_accuracy", "val_accuracy", "val_mean_class_accuracy", "val_loss", "lr"):
@@ -40,7 +41,7 @@ def test_every_mode_trains_and_reports(tmp_path, mode):
     first, second = reports
     assert 0 < first["setup_seconds"] < first["elapsed_seconds"] < second["elapsed_seconds"]
     assert second["train_seconds"] + second["val_seconds"] <= second["elapsed_seconds"] - first["elapsed_seconds"]
-    model = build.build_model(tiny_config(tmp_path, mode), 15, echo=lambda *_: None)
+    model = build.build_model(tiny_config(tmp_path, mode), 15)
     head = sum(p.numel() for p in model.cls_head_finetune.parameters())
     total = sum(p.numel() for p in model.parameters())
     expected = {"linear": head, "full": total}.get(mode)
@@ -59,7 +60,7 @@ def test_schedule_warmup_then_cosine(tmp_path):
 
 def test_no_weight_decay_on_1d_biases_and_tokens(tmp_path):
     config = tiny_config(tmp_path)
-    model = build.build_model(config, 15, echo=lambda *_: None)
+    model = build.build_model(config, 15)
     decay, no_decay = build.parameter_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.ndim >= 2 and "token" not in names[id(p)] for p in decay["params"])
@@ -68,7 +69,7 @@ def test_no_weight_decay_on_1d_biases_and_tokens(tmp_path):
 
 
 def test_linear_probe_keeps_backbone_frozen_and_deterministic(tmp_path):
-    model = build.build_model(tiny_config(tmp_path, "linear"), 15, echo=lambda *_: None)
+    model = build.build_model(tiny_config(tmp_path, "linear"), 15)
     build.set_train_mode(model, True)
     assert not model.blocks.training and model.cls_head_finetune.training
     assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("cls_head_finetune"))
@@ -77,7 +78,7 @@ def test_linear_probe_keeps_backbone_frozen_and_deterministic(tmp_path):
 def test_nan_loss_stops_with_epoch_and_step(tmp_path):
     config = tiny_config(tmp_path, optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e30})
     with pytest.raises(TrainingDivergedError, match=r"at epoch 1, step \d+"):
-        train(config, echo=lambda *_: None)
+        train(config)
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -95,12 +96,12 @@ def test_config_errors_name_the_field(tmp_path):
 def test_rerun_with_the_same_run_dir_resumes_exactly(tmp_path, mode):
     """Epochs 1-2, then a rerun to 3 epochs, equals 3 epochs in one go (RNG state included)."""
     run_dir = tmp_path / "run"
-    first = train(tiny_config(tmp_path, mode, run_dir=str(run_dir)), echo=lambda *_: None)
+    first = train(tiny_config(tmp_path, mode, run_dir=str(run_dir)))
     assert (run_dir / "last" / "run_state.pt").is_file()
     longer = {"epochs": 3, "warmup_epochs": 1, "batch_size": 8}
-    messages, reports = [], []
-    resumed = train(tiny_config(tmp_path, mode, run_dir=str(run_dir), optim=longer),
-                    report=reports.append, echo=messages.append)
+    reports = []
+    with logged() as messages:
+        resumed = train(tiny_config(tmp_path, mode, run_dir=str(run_dir), optim=longer), report=reports.append)
     assert [r["epoch"] for r in reports] == [3]  # epochs 1-2 were not run again
     assert any("[resume] from epoch 2" in m for m in messages)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
@@ -111,7 +112,7 @@ def test_rerun_with_the_same_run_dir_resumes_exactly(tmp_path, mode):
     assert [row["epoch"] for row in restored] == [1, 2]
     assert restored[1]["val_accuracy"] == pytest.approx(first.history[1]["val_accuracy"])
     assert RESTORED_EPOCHS_KEY not in resumed.history[-1]
-    straight = train(tiny_config(tmp_path, mode, optim=longer), echo=lambda *_: None)
+    straight = train(tiny_config(tmp_path, mode, optim=longer))
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert resumed.history[-1][key] == pytest.approx(straight.history[-1][key], rel=1e-5), key
 
@@ -123,12 +124,12 @@ def _state(path):
 def test_best_and_last_checkpoints_and_usable_best_adapter(tmp_path):
     run_dir = tmp_path / "run"
     config = tiny_config(tmp_path, run_dir=str(run_dir), optim={"epochs": 4, "warmup_epochs": 1, "batch_size": 8})
-    result = train(config, echo=lambda *_: None)
+    result = train(config)
     last, best = _state(run_dir / "last" / "run_state.pt"), _state(run_dir / "best" / "run_state.pt")
     assert last["epochs_done"] == 4 and best["epochs_done"] == result.best_epoch
     assert best["best_accuracy"] == result.best_accuracy == max(h["val_accuracy"] for h in result.history)
     # The exported adapter is the best epoch's weights, and loads onto the same backbone.
-    model = build_seeded_model(config, 15, echo=lambda *_: None)
+    model = build_seeded_model(config, 15)
     peft = PointPEFTModel.from_adapter(model.backbone, run_dir / "best" / ADAPTER_DIR)
     exported = peft.adapter_state_dict()
     assert all(torch.equal(exported[k], v) for k, v in best["model"].items())
@@ -138,9 +139,9 @@ def test_best_and_last_checkpoints_and_usable_best_adapter(tmp_path):
 def test_full_fine_tune_exports_classifier_weights(tmp_path):
     run_dir = tmp_path / "run"
     config = tiny_config(tmp_path, "full", run_dir=str(run_dir), optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 8})
-    train(config, echo=lambda *_: None)
+    train(config)
     fresh = build.build_model(config.replace(model={"preset": "tiny", "checkpoint": str(run_dir / "best" / MODEL_FILE)}),
-                              15, echo=lambda *_: None)
+                              15)
     saved = _state(run_dir / "best" / MODEL_FILE)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
 
@@ -149,7 +150,7 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    train(tiny_config(tmp_path, run_dir=str(run_dir)), echo=lambda *_: None)
+    train(tiny_config(tmp_path, run_dir=str(run_dir)))
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])

@@ -12,6 +12,7 @@ from pointpeft_ray.cli import main
 from pointpeft_ray.errors import PointPEFTError
 from pointpeft_ray.jobs import JobSpec
 from pointpeft_ray.jobs.runner import run_job
+from tests.conftest import logged
 
 SMALL_DATA = {"samples_per_class": 4, "points": 256}
 
@@ -113,7 +114,7 @@ def test_a_search_without_a_finished_trial_names_the_trials_error(local_ray, tmp
         {"parameters": {"peft.prompt_length": {"type": "int", "low": 4, "high": 6, "step": 2}}}))
     job["tune"] = {"space": "bad_space.yaml", "samples": 1, "epochs": 1}
     with pytest.raises(PointPEFTError, match=r"tune: no trial finished .*top_k"):
-        run_job(JobSpec.from_yaml(write(tmp_path, job)), echo=lambda *_: None)
+        run_job(JobSpec.from_yaml(write(tmp_path, job)))
     # the job's summary says so: nothing in its folder passes for a finished job
     summary = json.loads((tmp_path / "runs" / "tiny" / "job_summary.json").read_text())
     assert summary["status"] == "failed" and "no trial finished" in summary["error"]
@@ -128,7 +129,7 @@ def test_a_job_with_uri_storage_keeps_everything_there_and_resumes_from_it(local
                    multitask=[{"name": "objbg", "task": "synth/objbg"}, {"name": "clean", "task": "synth/clean"}])
     job["tune"]["samples"] = 1
     path = write(tmp_path, job, "remote.yaml")
-    outcome = run_job(JobSpec.from_yaml(path), echo=lambda *_: None)
+    outcome = run_job(JobSpec.from_yaml(path))
     job_uri = tmp_path / "bucket" / "remote"
     assert outcome.job_dir == f"file://{job_uri}"
     tasks = pd.read_parquet(job_uri / "multitask" / "tasks.parquet")
@@ -147,8 +148,8 @@ def test_a_job_with_uri_storage_keeps_everything_there_and_resumes_from_it(local
     import shutil
 
     shutil.rmtree(tmp_path / "local-cache" / "jobs")
-    lines = []
-    run_job(JobSpec.from_yaml(path), echo=lines.append)
+    with logged() as lines:
+        run_job(JobSpec.from_yaml(path))
     assert any(line.startswith("[job] resuming from file://") for line in lines)
     again = pd.read_parquet(job_uri / "multitask" / "tasks.parquet")
     assert sorted(again.best_accuracy) == sorted(tasks.best_accuracy)

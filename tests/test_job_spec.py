@@ -93,7 +93,7 @@ def test_quickstart_plan():
     # PEFT trains at most 5% of the parameters
     from pointpeft_ray.engine.build import build_model, trainable_count
 
-    model = build_model(searched, 15, echo=lambda *_: None)
+    model = build_model(searched, 15)
     assert trainable_count(model) / sum(p.numel() for p in model.parameters()) <= 0.05
 
 

@@ -9,6 +9,7 @@ from pointpeft_ray.engine.config import TrainConfig
 from pointpeft_ray.engine.loop import build_seeded_model
 from pointpeft_ray.models.peft.model import PointPEFTModel
 from pointpeft_ray.results.tables import read_tasks
+from tests.conftest import logged
 
 
 def _config(tmp_path, task, **data) -> TrainConfig:
@@ -25,8 +26,8 @@ def test_tasks_run_in_parallel_and_a_failing_one_is_recorded(local_ray, tmp_path
             TaskRun("objbg", _config(tmp_path, "synth/objbg", **small)),
             TaskRun("broken", _config(tmp_path, "scanobjectnn/obj_bg", root=str(tmp_path / "no-such-folder")))]
     monkeypatch.setattr("pointpeft_ray.distributed.multitask.HEARTBEAT_S", 0.5)
-    lines = []
-    rows = run_tasks(runs, tmp_path / "tasks", echo=lines.append, max_concurrent=2)
+    with logged() as lines:
+        rows = run_tasks(runs, tmp_path / "tasks", max_concurrent=2)
     assert sorted(r["task"] for r in rows) == ["broken", "clean", "objbg"]
     # progress while runs train (a heartbeat naming them), and a line per finished run
     assert any(line.startswith("[tasks] 0/3 done, running: clean") and "1 waiting" in line for line in lines), lines
@@ -47,7 +48,7 @@ def test_tasks_run_in_parallel_and_a_failing_one_is_recorded(local_ray, tmp_path
         assert json.loads(row.config)["data"]["task"] == f"synth/{label}"
         # each task's adapter loads onto the shared frozen backbone
         config = next(r.config for r in runs if r.label == label)
-        model = PointPEFTModel.from_adapter(build_seeded_model(config, 15, echo=lambda *_: None).backbone,
+        model = PointPEFTModel.from_adapter(build_seeded_model(config, 15).backbone,
                                             row.adapter_path)
         assert model.get_nb_trainable_parameters()[0] == row.trainable_params
     epochs = pd.read_parquet(tmp_path / "tasks" / "epochs.parquet")
@@ -64,7 +65,7 @@ def test_bench_multitask_runs_and_writes_its_figures(local_ray, tmp_path):
     from pointpeft_ray.bench.multitask import run_bench
 
     out = tmp_path / "bench.json"
-    payload = run_bench(preset="tiny", epochs=1, samples_per_class=4, json_path=str(out), echo=lambda *_: None)
+    payload = run_bench(preset="tiny", epochs=1, samples_per_class=4, json_path=str(out))
     assert json.loads(out.read_text())["ratio"] == payload["ratio"] > 0
     assert payload["parallel_seconds"] > 0 and payload["sequential_seconds"] > 0
 
@@ -104,10 +105,10 @@ def test_a_two_worker_task_with_a_memory_bank_builds_it_in_a_task_of_its_own(loc
     config = config.replace(peft=config.peft.replace(memory_bank=True),
                             optim=config.optim.replace(batch_size=16).model_dump())  # split over 2 workers
     assert config.uses_memory_bank()
-    rows = run_tasks([TaskRun("ddp", config, cpus=1, workers=2)], tmp_path / "tasks", echo=lambda *_: None)
+    rows = run_tasks([TaskRun("ddp", config, cpus=1, workers=2)], tmp_path / "tasks")
     row = rows[0]
     assert row["status"] == "completed", row.get("error")
     assert row["epochs"] == 2 and row["trainable_params"] > 0
-    model = PointPEFTModel.from_adapter(build_seeded_model(config, 15, echo=lambda *_: None).backbone,
+    model = PointPEFTModel.from_adapter(build_seeded_model(config, 15).backbone,
                                         row["adapter_path"])
     assert model.get_nb_trainable_parameters()[0] == row["trainable_params"]

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "pointpeft_ray"
 # one's nor a sibling's (layers sharing a rank). `pointpeft_ray/__init__` re-exports the model
 # API, so it sits with models. A job ends by writing the adapter bank that `predict` serves
 # (jobs.runner -> serving.adapter_bank), so serving sits below jobs.
-BASE = {"pointpeft_ray", "errors", "configuration", "atomic", "progress", "arrow_io", "assets", "output",
+BASE = {"pointpeft_ray", "errors", "configuration", "atomic", "progress", "arrow_io", "assets", "output", "logs",
         "folder_lock"}
 ORDER = [BASE, {"models"}, {"data"}, {"engine"}, {"pretrain", "search"}, {"results"}, {"distributed"},
          {"serving"}, {"jobs"}, {"bench"}, {"cli"}]

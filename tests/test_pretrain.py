@@ -33,14 +33,11 @@ from pointpeft_ray.pretrain import (  # noqa: E402
 )
 from pointpeft_ray.pretrain.cache import read_manifest  # noqa: E402
 from pointpeft_ray.pretrain.mae import take_patches  # noqa: E402
+from tests.conftest import logged  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {"samples_per_class": 4, "points": 256}  # 60 training clouds
 PRETRAIN_ABSENT = set(ref.PRETRAIN_ABSENT_KEYS)  # cls_token, cls_pos
-
-
-def quiet(*_):
-    pass
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +147,7 @@ def test_state_dict_is_the_published_pretrain_layout(data_cache):
 
 def test_loss_falls_and_an_interrupted_run_resumes_to_the_same_history(data_cache, tmp_path):
     config = tiny_config(data_cache)
-    straight = pretrain(config, echo=quiet)
+    straight = pretrain(config)
     losses = [m["train_loss"] for m in straight.history]
     assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses
     assert all(m["train_samples_per_second"] > 0 and m["lr"] > 0 for m in straight.history)
@@ -164,9 +161,9 @@ def test_loss_falls_and_an_interrupted_run_resumes_to_the_same_history(data_cach
 
     resumable = config.replace(run_dir=str(tmp_path / "run"))
     with pytest.raises(Stop):
-        pretrain(resumable, report=stop_after_two, echo=quiet)
-    lines = []
-    resumed = pretrain(resumable, echo=lines.append)
+        pretrain(resumable, report=stop_after_two)
+    with logged() as lines:
+        resumed = pretrain(resumable)
     assert "[resume] pre-training from epoch 2" in lines[0]
     assert [m["train_loss"] for m in resumed.history] == pytest.approx(losses, rel=1e-6)
     assert resumed.checkpoint == tmp_path / "run" / "pretrain.pth" and resumed.checkpoint.is_file()
@@ -176,7 +173,7 @@ def test_nan_loss_names_epoch_and_step(data_cache, monkeypatch):
     monkeypatch.setattr(PointMAEPretrainModel, "forward",
                         lambda self, points: torch.full((), float("nan"), requires_grad=True))
     with pytest.raises(TrainingDivergedError, match="epoch 1, step 1"):
-        pretrain(tiny_config(data_cache), echo=quiet)
+        pretrain(tiny_config(data_cache))
 
 
 # --------------------------------------------------------------------------- the checkpoint
@@ -190,7 +187,7 @@ def pretrained(tmp_path_factory, data_cache):
     before = torch.get_num_threads()  # module-scoped: set up before the autouse one_thread
     torch.set_num_threads(1)
     try:
-        return config, pretrain(config, echo=quiet)
+        return config, pretrain(config)
     finally:
         torch.set_num_threads(before)
 
@@ -280,8 +277,8 @@ def test_published_reference_reads_our_checkpoint_and_means_the_same(pretrained)
 def test_fine_tune_config_builds_from_our_checkpoint(pretrained, mode):
     _, result = pretrained
     config = TrainConfig.from_dict({"mode": mode, "model": {"preset": "tiny", "checkpoint": str(result.checkpoint)}})
-    lines = []
-    model = build.build_model(config, num_classes=15, echo=lines.append)
+    with logged() as lines:
+        model = build.build_model(config, num_classes=15)
     assert model is not None and "ignored pre-training heads" in lines[0] and "unexpected" not in lines[0]
 
 
@@ -291,12 +288,12 @@ def test_fine_tune_config_builds_from_our_checkpoint(pretrained, mode):
 def test_cache_pretrains_once_then_returns_the_same_file(data_cache, tmp_path):
     runs = []
 
-    def counting_runner(config, echo=print):
+    def counting_runner(config):
         runs.append(config)
-        return pretrain(config, echo=echo)
+        return pretrain(config)
 
     config = tiny_config(data_cache, optim={"epochs": 1}, data={"cache_dir": str(tmp_path / "cache")})
-    first = ensure_pretrained(config, echo=quiet, runner=counting_runner)
+    first = ensure_pretrained(config, runner=counting_runner)
     assert first == tmp_path / "cache" / "pretrained" / weights_key(config) / "pretrain.pth"
     manifest = read_manifest(first)
     assert manifest["epochs"] == 1 and manifest["final_loss"] > 0 and manifest["wall_seconds"] > 0
@@ -304,7 +301,7 @@ def test_cache_pretrains_once_then_returns_the_same_file(data_cache, tmp_path):
     mtime = first.stat().st_mtime_ns
     # Where the run is kept, its output or its device do not change the weights: same entry.
     same = config.replace(run_dir=str(tmp_path / "elsewhere"), output=str(tmp_path / "x.pth"), device="cpu")
-    again = ensure_pretrained(same, echo=quiet, runner=counting_runner)
+    again = ensure_pretrained(same, runner=counting_runner)
     assert again == first and len(runs) == 1
     assert first.stat().st_mtime_ns == mtime and read_manifest(first) == manifest
     other = config.replace(mae=config.mae.replace(mask_ratio=0.5).model_dump())
@@ -314,7 +311,7 @@ def test_cache_pretrains_once_then_returns_the_same_file(data_cache, tmp_path):
 def test_concurrent_callers_pretrain_once(data_cache, tmp_path):
     runs = []
 
-    def slow_fake_runner(config, echo=print):
+    def slow_fake_runner(config):
         runs.append(config)
         model = PointMAEPretrainModel(config.model.backbone, config.mae)
         threading.Event().wait(0.3)  # hold the lock while the other caller arrives
@@ -323,7 +320,7 @@ def test_concurrent_callers_pretrain_once(data_cache, tmp_path):
 
     config = tiny_config(data_cache, data={"cache_dir": str(tmp_path / "cache")})
     paths = []
-    threads = [threading.Thread(target=lambda: paths.append(ensure_pretrained(config, quiet, slow_fake_runner)))
+    threads = [threading.Thread(target=lambda: paths.append(ensure_pretrained(config, slow_fake_runner)))
                for _ in range(2)]
     for thread in threads:
         thread.start()

@@ -304,6 +304,6 @@ def test_a_published_recipe_run_trains_end_to_end(tmp_path):
     config = tiny_train_config(tmp_path, recipe="published",
                                peft={"bank_num_group": 8})
     reports = []
-    result = train(config, report=reports.append, echo=lambda *_: None)
+    result = train(config, report=reports.append)
     assert len(reports) == 2 and math.isfinite(reports[-1]["train_loss"])
     assert 0 <= result.best_accuracy <= 100

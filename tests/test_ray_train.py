@@ -58,7 +58,7 @@ def tiny_pretrained(tmp_path_factory):
         "model": {"preset": "tiny"},
         "data": {"task": "synth/clean", "cache_dir": str(cache), "options": SYNTH_OPTIONS},
         "optim": {"epochs": 10, "warmup_epochs": 1, "batch_size": 16}})
-    return str(ensure_pretrained(config, echo=lambda *_: None)), str(cache)
+    return str(ensure_pretrained(config)), str(cache)
 
 
 def _synthetic_config(pretrained, epochs: int) -> TrainConfig:

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 from pointpeft_ray.distributed.search_progress import SearchProgress
 
 
-def test_progress_line_counts_trials_and_estimates_time_left(monkeypatch):
+def test_progress_line_counts_trials_and_estimates_time_left(monkeypatch, log_messages):
     clock = [1000.0]
     monkeypatch.setattr("pointpeft_ray.distributed.search_progress.time.time", lambda: clock[0])
-    lines = []
-    progress = SearchProgress(samples=4, max_epochs=8, echo=lines.append, every_s=30)
+    lines = log_messages
+    progress = SearchProgress(samples=4, max_epochs=8, every_s=30)
     progress.setup()
     a, b, c = (SimpleNamespace(trial_id=t) for t in ("a", "b", "c"))
     for epoch in range(1, 9):

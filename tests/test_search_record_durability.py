@@ -14,6 +14,7 @@ from pointpeft_ray.distributed.train import RayRunSpec
 from pointpeft_ray.distributed.tune import SearchSpec, run_search
 from pointpeft_ray.errors import ConfigError, DamagedRecordError
 from pointpeft_ray.folder_lock import LOCK_FILE
+from tests.conftest import logged
 from tests.test_tune import _base, _space
 
 
@@ -22,8 +23,8 @@ def finished_search(local_ray, tmp_path_factory):
     """One finished 3-trial search (one trial fails by design), copied per test."""
     tmp = tmp_path_factory.mktemp("search")
     spec = SearchSpec(samples=3, name="search", storage_path=str(tmp / "runs"), seed=1, max_failures=0, asha=False)
-    lines = []
-    outcome = run_search(_base(tmp), _space(tmp), spec, echo=lines.append)
+    with logged() as lines:
+        outcome = run_search(_base(tmp), _space(tmp), spec)
     # live progress: a line per ended trial, the last one with every trial counted
     assert [line for line in lines if line.startswith("[tune] 3/3 trials done (2 completed, 1 failed)")], lines
     folder = Path(outcome.experiment_dir)
@@ -50,11 +51,11 @@ def test_a_damaged_table_stops_the_resume_and_repair_rebuilds_it(finished_search
     before = {p.name: p.read_bytes() for p in folder.glob("*.parquet")}
 
     with pytest.raises(DamagedRecordError, match=rf"{damaged}.*left as it is.*--repair"):
-        run_search(base, space, spec, resume=True, echo=lambda *_: None)
+        run_search(base, space, spec, resume=True)
     assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} == before  # nothing rewritten
 
-    messages = []
-    outcome = run_search(base, space, spec, repair=True, echo=messages.append)
+    with logged() as messages:
+        outcome = run_search(base, space, spec, repair=True)
     assert any(m.startswith("[repair] 3 trials") for m in messages), messages
     kept = list(folder.glob(f"{damaged}.damaged-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == before[damaged]  # the damaged file is kept
@@ -70,7 +71,7 @@ def test_a_damaged_table_stops_the_resume_and_repair_rebuilds_it(finished_search
     assert len(failed) == 1 and failed.error.str.contains("top_k").all()
 
     # after the repair the search resumes (finished: nothing runs again) and keeps every row
-    again = run_search(base, space, spec, resume=True, echo=lambda *_: None)
+    again = run_search(base, space, spec, resume=True)
     assert again.trials == 3 and len(pd.read_parquet(folder / "epochs.parquet")) == len(epochs)
 
 
@@ -80,7 +81,7 @@ def test_a_rerun_without_resume_refuses_to_merge_into_an_existing_search(finishe
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_FILE}
     before = results()
     with pytest.raises(ConfigError, match="already holds a search named 'search': continue it with --resume"):
-        run_search(base, space, spec, echo=lambda *_: None)
+        run_search(base, space, spec)
     assert results() == before
 
 

@@ -26,8 +26,7 @@ CASES = (
 )
 
 
-def run_bench(samples: int = 8192, batch_size: int = 32, epochs: int = 3, json_path: str | None = None,
-              echo=print) -> dict:
+def run_bench(samples: int = 8192, batch_size: int = 32, epochs: int = 3, json_path: str | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-data-") as tmp:
         for label, stored, fed, augment in CASES:
@@ -37,12 +36,12 @@ def run_bench(samples: int = 8192, batch_size: int = 32, epochs: int = 3, json_p
                "batch_size": batch_size, "epochs": epochs, "cases": rows}
     table = format_table(["case", "points", "batches", "samples/s"],
                          [(r["case"], r["points"], r["batches"], r["samples_per_second"]) for r in rows])
-    echo(f"data bench: {samples} samples, batch {batch_size}, {epochs} epochs, torch threads {torch.get_num_threads()}")
-    echo(table)
-    echo("goals: >= 20,000 samples/s at 1024 points; >= 5,000 at 2048 (one GPU's step at batch 256)")
+    print(f"data bench: {samples} samples, batch {batch_size}, {epochs} epochs, torch threads {torch.get_num_threads()}")
+    print(table)
+    print("goals: >= 20,000 samples/s at 1024 points; >= 5,000 at 2048 (one GPU's step at batch 256)")
     if json_path:
         write_json(json_path, payload)
-        echo(f"[bench data] figures written to {json_path}")
+        print(f"[bench data] figures written to {json_path}")
     return payload
 
 

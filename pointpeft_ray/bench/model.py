@@ -6,6 +6,7 @@ optimizer state), on CUDA the allocator's peak.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import resource
 import time
@@ -22,6 +23,7 @@ from ..output import format_table, write_json
 from .report import machine_info
 
 VARIANTS = ("full", "peft", "peft_frozen_pass")
+logger = logging.getLogger(__name__)
 DESCRIPTIONS = {
     "full": "full fine-tune",
     "peft": "Point-PEFT, cached bank query",
@@ -46,20 +48,20 @@ class BenchSettings:
     profile_dir: str | None = None  # write a torch.profiler table per variant here
 
 
-def run_bench(settings: BenchSettings, variants=VARIANTS, json_path: str | None = None, echo=print) -> dict:
+def run_bench(settings: BenchSettings, variants=VARIANTS, json_path: str | None = None) -> dict:
     ctx = mp.get_context("spawn")
     results = []
     for variant in variants:
-        echo(f"[bench model] {variant}: {DESCRIPTIONS[variant]} ...")
+        logger.info(f"[bench model] {variant}: {DESCRIPTIONS[variant]} ...")
         with ctx.Pool(1) as pool:
             results.append(pool.apply(_measure_variant, (asdict(settings), variant)))
     summary = _summarise(results)
     payload = {"benchmark": "model", "settings": asdict(settings), "machine": machine_info(settings.device),
                "variants": results, "summary": summary}
-    echo(render(payload))
+    print(render(payload))
     if json_path:
         write_json(json_path, payload)
-        echo(f"[bench model] figures written to {json_path}")
+        print(f"[bench model] figures written to {json_path}")
     return payload
 
 
@@ -103,8 +105,7 @@ def _measure_variant(settings_dict: dict, variant: str) -> dict:
     preset = get_preset(settings.preset)
     num_points = settings.num_points or preset.num_points
     model = _build_model(preset, variant, settings).to(device).train()
-    compile_notes: list[str] = []
-    compile_model(model, settings.compile, echo=compile_notes.append)
+    compile_model(model, settings.compile)
     points = torch.rand(settings.batch, num_points, 3, device=device) * 2 - 1
     labels = torch.randint(settings.num_classes, (settings.batch,), device=device)
     index = torch.randperm(settings.bank_rows)[: settings.batch].to(device)
@@ -147,7 +148,7 @@ def _measure_variant(settings_dict: dict, variant: str) -> dict:
         "description": DESCRIPTIONS[variant],
         "fps_backend": ops.fps_backend_for(points),
         "compiled": settings.compile and not model.forward.fell_back,
-        "compile_notes": compile_notes,
+        "compile_notes": [model.forward.fell_back] if settings.compile and model.forward.fell_back else [],
         "num_points": num_points,
         "trainable_params": trainable,
         "total_params": sum(p.numel() for p in model.parameters()),

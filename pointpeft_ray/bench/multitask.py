@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..engine.config import TrainConfig
+from ..logs import quiet
 from ..output import format_table, write_json
 from .report import machine_info
 
@@ -26,24 +27,23 @@ def task_config(task: str, preset: str, epochs: int, samples_per_class: int, cac
     })
 
 
-def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 16, json_path: str | None = None,
-              echo=print) -> dict:
+def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 16, json_path: str | None = None) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..distributed.multitask import TaskRun, run_tasks
     from ..engine.loop import prepare_run
 
-    with tempfile.TemporaryDirectory(prefix="pointpeft-bench-multitask-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pointpeft-bench-multitask-") as tmp, quiet():
         configs = [task_config(task, preset, epochs, samples_per_class, str(Path(tmp) / "cache")) for task in TASKS]
         for config in configs:
-            prepare_run(config, echo=lambda *_: None)  # data + bank caches, not timed
+            prepare_run(config)  # data + bank caches, not timed
         ensure_ray(None)
         runs = [TaskRun(config.data.task.replace("/", "_"), config, cpus=1) for config in configs]
         start = time.perf_counter()
         for run in runs:
-            run_tasks([run], Path(tmp) / "sequential", echo=lambda *_: None)
+            run_tasks([run], Path(tmp) / "sequential")
         sequential = time.perf_counter() - start
         start = time.perf_counter()
-        rows = run_tasks(runs, Path(tmp) / "parallel", echo=lambda *_: None)
+        rows = run_tasks(runs, Path(tmp) / "parallel")
         parallel = time.perf_counter() - start
     failed = [row for row in rows if row["status"] != "completed"]
     if failed:
@@ -52,11 +52,11 @@ def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 1
     payload = {"benchmark": "multitask", "machine": machine_info("cpu"), "tasks": list(TASKS), "preset": preset,
                "epochs": epochs, "samples_per_class": samples_per_class, "sequential_seconds": sequential,
                "parallel_seconds": parallel, "ratio": ratio, "goal_ratio": GOAL_RATIO}
-    echo(f"multitask bench: {len(TASKS)} PEFT tasks ({', '.join(TASKS)}), preset {preset}, {epochs} epochs, "
-         f"{samples_per_class}/class, 1 CPU per task")
-    echo(format_table(["way", "wall s"], [("one after the other", sequential), ("in parallel", parallel)]))
-    echo(f"ratio {ratio:.2f} (goal <= {GOAL_RATIO})")
+    print(f"multitask bench: {len(TASKS)} PEFT tasks ({', '.join(TASKS)}), preset {preset}, {epochs} epochs, "
+          f"{samples_per_class}/class, 1 CPU per task")
+    print(format_table(["way", "wall s"], [("one after the other", sequential), ("in parallel", parallel)]))
+    print(f"ratio {ratio:.2f} (goal <= {GOAL_RATIO})")
     if json_path:
         write_json(json_path, payload)
-        echo(f"[bench multitask] figures written to {json_path}")
+        print(f"[bench multitask] figures written to {json_path}")
     return payload

@@ -27,6 +27,7 @@ import yaml
 
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
+from ..logs import quiet
 from ..output import format_table, write_json
 from ..search.space import SearchSpace
 from .report import machine_info
@@ -74,8 +75,7 @@ class Timeline:
                 "trials": len({trial for _, trial, _ in self.events})}
 
 
-def setup_from_job(path: str | Path, trials: Optional[int] = None, epochs: Optional[int] = None,
-                   echo=print) -> BenchSetup:
+def setup_from_job(path: str | Path, trials: Optional[int] = None, epochs: Optional[int] = None) -> BenchSetup:
     """The search stage of a job file, on its pre-trained backbone (pre-trained first
     when the cache lacks it, as `pointpeft-ray run` would)."""
     from ..jobs.spec import JobSpec
@@ -85,7 +85,7 @@ def setup_from_job(path: str | Path, trials: Optional[int] = None, epochs: Optio
     if job.tune is None:
         raise ConfigError(f"{path}: the job has no tune stage to benchmark")
     if job.pretrain is not None:
-        job = job.with_pretrained(ensure_pretrained(job.pretrain_config(), echo=echo))
+        job = job.with_pretrained(ensure_pretrained(job.pretrain_config()))
     base = job.tune_config()
     if epochs is not None:
         base = base.replace(optim=base.optim.replace(epochs=epochs))
@@ -122,7 +122,7 @@ def run_ray_tune(setup: BenchSetup, storage: str) -> tuple[Timeline, float]:
     spec = SearchSpec(samples=setup.trials, name="bench", storage_path=storage, cpus_per_trial=1,
                       grace_period=setup.grace_period, seed=setup.base.seed, max_failures=0)
     start = time.perf_counter()
-    run_search(setup.base, setup.space, spec, echo=lambda *_: None, callbacks=(_Record(),))
+    run_search(setup.base, setup.space, spec, callbacks=(_Record(),))
     return timeline, time.perf_counter() - start
 
 
@@ -154,22 +154,21 @@ def run_optuna(setup: BenchSetup, pruned: bool) -> tuple[Timeline, float]:
             trial.report(metrics["best_accuracy"], metrics["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return train(config, report=report, echo=lambda *_: None).best_accuracy
+        return train(config, report=report).best_accuracy
 
     start = time.perf_counter()
     study.optimize(objective, n_trials=setup.trials, catch=(ConfigError,))
     return timeline, time.perf_counter() - start
 
 
-def run_bench(setup: BenchSetup, target: Optional[float] = None, json_path: Optional[str] = None,
-              echo=print) -> dict:
+def run_bench(setup: BenchSetup, target: Optional[float] = None, json_path: Optional[str] = None) -> dict:
     from ..distributed.cluster import ensure_ray
     from ..engine.loop import prepare_run
 
-    with tempfile.TemporaryDirectory(prefix="pointpeft-bench-search-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pointpeft-bench-search-") as tmp, quiet():
         ensure_ray(None)
         start = time.perf_counter()
-        prepare_run(setup.space.base_config(setup.base), echo=lambda *_: None)  # data + bank, paid once
+        prepare_run(setup.space.base_config(setup.base))  # data + bank, paid once
         shared = time.perf_counter() - start
         runs = {"ray_tune": run_ray_tune(setup, str(Path(tmp) / "ray"))}
         runs["optuna"] = run_optuna(setup, pruned=True)
@@ -189,23 +188,23 @@ def run_bench(setup: BenchSetup, target: Optional[float] = None, json_path: Opti
         "ray_trial_bank_seconds": tune_timeline.bank_seconds,
         "ratio_wall_ray_vs_optuna": methods["ray_tune"]["wall_seconds"] / methods["optuna"]["wall_seconds"],
     }
-    _print(payload, echo)
+    _print(payload)
     if json_path:
         write_json(json_path, payload)
-        echo(f"[bench search] figures written to {json_path}")
+        print(f"[bench search] figures written to {json_path}")
     return payload
 
 
-def _print(payload: dict, echo) -> None:
+def _print(payload: dict) -> None:
     methods = payload["methods"]
-    echo(f"search bench: {payload['setting']}: {payload['trials']} trials x at most {payload['epochs']} epochs "
-         f"(early stopping from epoch {payload['grace_period']}), preset {payload['preset']}, {payload['task']}, "
-         f"{os.cpu_count()} CPUs; target accuracy {payload['target']:.2f}")
-    echo(format_table(["method", "wall s", "epochs", "best acc", "s to target", "epochs to target"], [
+    print(f"search bench: {payload['setting']}: {payload['trials']} trials x at most {payload['epochs']} epochs "
+          f"(early stopping from epoch {payload['grace_period']}), preset {payload['preset']}, {payload['task']}, "
+          f"{os.cpu_count()} CPUs; target accuracy {payload['target']:.2f}")
+    print(format_table(["method", "wall s", "epochs", "best acc", "s to target", "epochs to target"], [
         (name, m["wall_seconds"], m["epochs"], m["best_accuracy"], m["seconds_to_target"] or "-",
          m["epochs_to_target"] or "-") for name, m in methods.items()]))
     setup = payload["ray_trial_setup_seconds"]
-    echo(f"Ray Tune vs plain Optuna wall: {payload['ratio_wall_ray_vs_optuna']:.2f}x (goal <= 0.8); "
-         f"per-trial start-up in Tune: mean {sum(setup) / max(1, len(setup)):.2f} s, max {max(setup, default=0):.2f} s "
-         f"(goal <= 2 s); memory bank per trial: max {max(payload['ray_trial_bank_seconds'], default=0):.2f} s "
-         f"(shared state prepared once: {payload['shared_state_seconds']:.1f} s)")
+    print(f"Ray Tune vs plain Optuna wall: {payload['ratio_wall_ray_vs_optuna']:.2f}x (goal <= 0.8); "
+          f"per-trial start-up in Tune: mean {sum(setup) / max(1, len(setup)):.2f} s, max {max(setup, default=0):.2f} s "
+          f"(goal <= 2 s); memory bank per trial: max {max(payload['ray_trial_bank_seconds'], default=0):.2f} s "
+          f"(shared state prepared once: {payload['shared_state_seconds']:.1f} s)")

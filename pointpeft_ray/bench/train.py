@@ -10,6 +10,7 @@ Train adds: worker start-up, process-group set-up, reporting and checkpoint uplo
 """
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import tempfile
@@ -19,10 +20,12 @@ from pathlib import Path
 import torch
 
 from ..engine.config import TrainConfig
+from ..logs import quiet
 from ..output import format_table, write_json
 from .report import machine_info
 
 GOAL_RATIO = 1.10
+logger = logging.getLogger(__name__)
 
 
 def default_config(epochs: int, cache_dir: str, preset: str = "small", samples_per_class: int = 16) -> TrainConfig:
@@ -35,7 +38,7 @@ def default_config(epochs: int, cache_dir: str, preset: str = "small", samples_p
 
 
 def run_bench(epochs: int = 8, json_path: str | None = None, address: str | None = None, repeats: int = 2,
-              echo=print, preset: str = "small", samples_per_class: int = 16) -> dict:
+              preset: str = "small", samples_per_class: int = 16) -> dict:
     """`repeats` pairs of runs, in-process and Ray alternating (this machine's speed drifts by
     several percent from run to run); the ratio is of the mean wall times."""
     from ..distributed.cluster import ensure_ray
@@ -45,7 +48,8 @@ def run_bench(epochs: int = 8, json_path: str | None = None, address: str | None
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-train-") as tmp:
         config = default_config(epochs, str(Path(tmp) / "cache"), preset, samples_per_class)
-        prepare_run(config, echo=lambda *_: None)  # warm the data and bank caches
+        with quiet():
+            prepare_run(config)  # warm the data and bank caches
         start = time.perf_counter()
         ensure_ray(address)
         ray_start = time.perf_counter() - start
@@ -53,13 +57,13 @@ def run_bench(epochs: int = 8, json_path: str | None = None, address: str | None
         for repeat in range(repeats):
             pairs.append((_in_process_run(config, Path(tmp) / f"in-process-{repeat}"),
                           _ray_train_run(config, Path(tmp) / "ray", f"bench-{repeat}")))
-            echo(f"[bench train] pair {repeat + 1}/{repeats}: in-process {pairs[-1][0]['wall_seconds']:.1f} s, "
-                 f"Ray Train {pairs[-1][1]['wall_seconds']:.1f} s")
+            logger.info(f"[bench train] pair {repeat + 1}/{repeats}: in-process {pairs[-1][0]['wall_seconds']:.1f} s, "
+                        f"Ray Train {pairs[-1][1]['wall_seconds']:.1f} s")
     payload = _payload(config, epochs, pairs, ray_start)
-    _print(payload, echo)
+    _print(payload)
     if json_path:
         write_json(json_path, payload)
-        echo(f"[bench train] figures written to {json_path}")
+        print(f"[bench train] figures written to {json_path}")
     return payload
 
 
@@ -67,7 +71,8 @@ def _in_process_run(config: TrainConfig, run_dir: Path) -> dict:
     from ..engine.loop import train
 
     start = time.perf_counter()
-    result = train(config.replace(run_dir=str(run_dir)), echo=lambda *_: None)
+    with quiet():
+        result = train(config.replace(run_dir=str(run_dir)))
     last = result.history[-1]
     return {"wall_seconds": time.perf_counter() - start, "loop_seconds": last["elapsed_seconds"],
             "setup_seconds": result.setup_seconds, "best_accuracy": result.best_accuracy,
@@ -109,18 +114,18 @@ def _payload(config: TrainConfig, epochs: int, pairs: list[tuple[dict, dict]], r
     }
 
 
-def _print(payload: dict, echo) -> None:
+def _print(payload: dict) -> None:
     config = payload["config"]
-    echo(f"train bench: PEFT, {config['model']['preset']} backbone, {config['data']['task']} "
-         f"({config['data']['options']['samples_per_class']} per class), {payload['epochs']} epochs, torch threads "
-         f"{torch.get_num_threads()}, mean of {payload['repeats']} alternating pair(s); "
-         f"Ray started in {payload['ray_start_seconds']:.1f}s (not counted)")
-    echo(format_table(["run", "wall s", "loop s", "best acc", "samples/s (last epoch)"], [
+    print(f"train bench: PEFT, {config['model']['preset']} backbone, {config['data']['task']} "
+          f"({config['data']['options']['samples_per_class']} per class), {payload['epochs']} epochs, torch threads "
+          f"{torch.get_num_threads()}, mean of {payload['repeats']} alternating pair(s); "
+          f"Ray started in {payload['ray_start_seconds']:.1f}s (not counted)")
+    print(format_table(["run", "wall s", "loop s", "best acc", "samples/s (last epoch)"], [
         ("in-process loop", payload["in_process_seconds"], payload["in_process_loop_seconds"],
          payload["in_process_best_accuracy"], payload["in_process_samples_per_second"]),
         ("Ray Train, 1 worker", payload["ray_train_seconds"], payload["ray_train_loop_seconds"],
          payload["ray_train_best_accuracy"], payload["ray_train_samples_per_second"]),
     ]))
-    echo(f"ratio {payload['ratio']:.3f} (goal <= {GOAL_RATIO} for a run of >= 60 s); the Ray run spent "
-         f"{payload['ray_train_outside_loop_seconds']:.1f} s outside the worker's loop (start-up, teardown)")
+    print(f"ratio {payload['ratio']:.3f} (goal <= {GOAL_RATIO} for a run of >= 60 s); the Ray run spent "
+          f"{payload['ray_train_outside_loop_seconds']:.1f} s outside the worker's loop (start-up, teardown)")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-VERBOSE_ENV = "POINTPEFT_VERBOSE"  # `pointpeft-ray -v`: Ray's own INFO messages too
+from ..logs import LEVEL_ENV
 
 
 def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV) == "1"
+    """`pointpeft-ray -v`: Ray's own INFO messages too."""
+    return os.environ.get(LEVEL_ENV, "").upper() == "DEBUG"
 
 
 def train_logging_config():
@@ -27,7 +28,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level=_ray_log_level())
+        # A cluster started elsewhere does not inherit our environment: the level goes in the
+        # runtime_env, but not in a submitted job's driver (its job's runtime_env is the place).
+        level = os.environ.get(LEVEL_ENV) if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ else None
+        ray.init(address=address, log_to_driver=True, logging_level=_ray_log_level(),
+                 runtime_env={"env_vars": {LEVEL_ENV: level}} if level else None)
         return
     # Ray Train's controller polls its workers every 2 s by default, so a finished run is
     # noticed up to 2 s late and a short run pays it every time (an empty TorchTrainer:

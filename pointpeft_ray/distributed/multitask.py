@@ -12,6 +12,7 @@ with its error and the others go on. `tasks.parquet` (one row per task) and
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Optional
 from ..atomic import atomic_write_text
 from ..folder_lock import exclusive_folder
 from ..engine.config import TrainConfig
+from ..logs import quiet
 from ..results.storage import download_folder, upload, write_table_atomic
 from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
 
 TASKS_FILE = "tasks.parquet"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,16 +43,16 @@ HEARTBEAT_S = 30.0  # the longest the console stays silent while runs train
 
 
 def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | None = None,
-              echo=print, max_concurrent: Optional[int] = None, sync_uri: Optional[str] = None) -> list[dict]:
+              max_concurrent: Optional[int] = None, sync_uri: Optional[str] = None) -> list[dict]:
     """Fine-tune every run in parallel (at most `max_concurrent` at once, else as the
     cluster's resources allow); returns the task rows in the order they finished.
     `sync_uri`: a pyarrow.fs folder URI; each task uploads its run folder to
     SYNC_URI/LABEL when it ends (from whichever node ran it)."""
     with exclusive_folder(experiment_dir, "multi-task run"):
-        return _run_tasks(runs, Path(experiment_dir), address, echo, max_concurrent, sync_uri)
+        return _run_tasks(runs, Path(experiment_dir), address, max_concurrent, sync_uri)
 
 
-def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None, echo,
+def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None,
                max_concurrent: Optional[int], sync_uri: Optional[str]) -> list[dict]:
     import ray
 
@@ -73,15 +76,15 @@ def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None, e
         done, _ = ray.wait(list(pending), num_returns=1, timeout=HEARTBEAT_S)
         if not done:  # still training: say so at least every HEARTBEAT_S
             running = ", ".join(_with_epoch(r.label, experiment_dir) for r in pending.values())
-            echo(f"[tasks] {len(rows)}/{len(runs)} done, running: {running}"
-                 f"{f'; {len(waiting)} waiting' if waiting else ''}; {time.perf_counter() - start:.0f} s elapsed")
+            logger.info(f"[tasks] {len(rows)}/{len(runs)} done, running: {running}"
+                        f"{f'; {len(waiting)} waiting' if waiting else ''}; {time.perf_counter() - start:.0f} s elapsed")
             continue
         run = pending.pop(done[0])
         row, history = _collect(done[0], run)
         rows.append(row)
         epochs += [{**metrics, "trial_id": run.label} for metrics in history]
-        echo(f"[task] {run.label}: {row['status']}"
-             + (f", best accuracy {row['best_accuracy']:.2f}" if row["status"] == "completed" else f": {row['error']}"))
+        logger.info(f"[task] {run.label}: {row['status']}" + (f", best accuracy {row['best_accuracy']:.2f}"
+                    if row["status"] == "completed" else f": {row['error']}"))
         _write_tables(rows, epochs, experiment_dir)
     return rows
 
@@ -137,13 +140,16 @@ def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = 
     """Runs on a worker: the loop in this process, checkpoints under config.run_dir
     (uploaded to `upload_to` at the end, when given)."""
     from ..engine.loop import ADAPTER_DIR, train
+    from .train import worker_logging
     from .weights import shared_tensors
 
+    worker_logging()
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
     _download_if_absent(upload_to, config.run_dir)
-    result = train(config, echo=lambda *_: None, pretrained=shared_tensors(weights_ref),
-                   report=lambda metrics: _write_progress(config, metrics))
+    with quiet():  # one task among several: the driver's lines say how it went
+        result = train(config, pretrained=shared_tensors(weights_ref),
+                       report=lambda metrics: _write_progress(config, metrics))
     best = Path(config.run_dir) / "best"
     row = _metrics_row(result.history, result.trainable_params, result.total_params)
     row["adapter_path"] = str(best / ADAPTER_DIR) if (best / ADAPTER_DIR).is_dir() else None

@@ -7,6 +7,7 @@ workers run on other machines.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from ..folder_lock import exclusive_folder
 from ..pretrain.checkpoint import write_pretrain_checkpoint
 from ..pretrain.config import PretrainConfig
 from ..pretrain.loop import PretrainResult
-from .train import RayRunSpec, quiet_ray_train_reports, worker_echo
+from .train import RayRunSpec, worker_logging
+
+logger = logging.getLogger(__name__)
 
 
 def _pretrain_worker_loop(loop_config: dict) -> None:
@@ -24,21 +27,20 @@ def _pretrain_worker_loop(loop_config: dict) -> None:
     from ..pretrain.loop import pretrain
 
     config = PretrainConfig.from_dict(loop_config["config"])
-    quiet_ray_train_reports()
-    pretrain(config, context=RayTrainContext(), echo=worker_echo)
+    worker_logging()
+    pretrain(config, context=RayTrainContext())
 
 
-def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address: str | None = None,
-                 echo=print) -> PretrainResult:
+def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address: str | None = None) -> PretrainResult:
     """Pre-train with `spec.workers` Ray Train workers; returns the summary (with the
     checkpoint path). Default output: config.output_path(), else <storage>/<name>/pretrain.pth.
     A run another process is writing is refused (folder_lock)."""
     spec = spec or RayRunSpec(name="pointpeft-pretrain")
     with exclusive_folder(spec.local_run_dir(), f"run {spec.name!r}"):
-        return _fit_pretrain(config, spec, address, echo)
+        return _fit_pretrain(config, spec, address)
 
 
-def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None, echo) -> PretrainResult:
+def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None) -> PretrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -67,7 +69,7 @@ def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None,
     result = _result_from_checkpoint(ray_result.checkpoint, output)
     result.total_params = _parameter_count(config)
     result.wall_seconds = time.perf_counter() - start
-    echo(f"[pretrain] wrote {result.checkpoint}")
+    logger.info(f"[pretrain] wrote {result.checkpoint}")
     return result
 
 

@@ -3,17 +3,19 @@
 spent and (roughly) left. Ray Tune's own table is off (verbose=0): it redraws a screenful."""
 from __future__ import annotations
 
+import logging
 import time
-from typing import Callable
 
 from ray.tune import Callback
 
 from .recorder import METRIC
 
+logger = logging.getLogger(__name__)
+
 
 class SearchProgress(Callback):
-    def __init__(self, samples: int, max_epochs: int, echo: Callable[[str], None] = print, every_s: float = 30.0):
-        self.samples, self.max_epochs, self.echo, self.every_s = samples, max_epochs, echo, every_s
+    def __init__(self, samples: int, max_epochs: int, every_s: float = 30.0):
+        self.samples, self.max_epochs, self.every_s = samples, max_epochs, every_s
         self.epochs: dict[str, int] = {}  # trial -> epochs reported
         self.ended: dict[str, str] = {}  # trial -> completed | stopped | failed
         self.best: tuple[float, str] | None = None
@@ -56,7 +58,7 @@ class SearchProgress(Callback):
 
     def _print(self) -> None:
         self.last_line = time.time()
-        self.echo(self.line())
+        logger.info(self.line())
 
 
 def _duration(seconds: float) -> str:

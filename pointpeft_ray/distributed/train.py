@@ -9,7 +9,6 @@ doesn't rebuild it, and workers on other nodes need no shared cache.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,9 +16,11 @@ from pathlib import Path
 from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..folder_lock import exclusive_folder
+from ..logs import configure
 from ..results.storage import check_storage_path, is_uri
 
 SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,21 +69,16 @@ class RayRunSpec:
         return Path(storage.removeprefix("file://")) / self.name
 
 
-def worker_echo(line: str) -> None:
-    """Console output of a Ray Train worker, forwarded once to the driver. (Ray Train
-    patches print() in workers to go both to its log and to stdout: lines came twice.)"""
-    sys.stdout.write(f"{line}\n")
-    sys.stdout.flush()
-
-
 # Loggers of Ray Train / Tune internals that write a line at INFO for every checkpoint.
 CHATTY_LOGGERS = ("ray.train.v2._internal.execution.storage", "ray.train._internal.storage")
 
 
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every report with all its metrics at INFO (a screenful per epoch
-    with per-class accuracies), and a line per checkpoint; our own epoch line says what
-    matters. Down to warnings, in this process."""
+def worker_logging() -> None:
+    """In a process Ray started for us: the command line's console (pointpeft_ray/logs.py).
+    Ray Train logs every report with all its metrics at INFO (a screenful per epoch with
+    per-class accuracies), and a line per checkpoint; our own epoch line says what matters:
+    those down to warnings, in this process."""
+    configure(ray_process=True)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:  # its logger is named after the file, so reach it through the module
@@ -100,20 +96,21 @@ def _worker_loop(loop_config: dict) -> None:
     from ..engine.loop import train
     from ..engine.summary import format_epoch
 
-    quiet_ray_train_reports()
+    worker_logging()
     from .weights import shared_tensors
 
     config = TrainConfig.from_dict(loop_config["config"])
     bank_ref = loop_config.get("bank")
     bank = ray.get(bank_ref) if bank_ref is not None else None
-    context = RayTrainContext(on_report=lambda metrics: worker_echo(format_epoch(metrics)))
-    train(config, context=context, echo=worker_echo, bank=bank, pretrained=shared_tensors(loop_config.get("weights")))
+    context = RayTrainContext(on_report=lambda metrics: logger.info(format_epoch(metrics)))
+    train(config, context=context, bank=bank, pretrained=shared_tensors(loop_config.get("weights")))
 
 
 def _prepare_in_task(config_dict: dict, weights=None, device: str = "cpu"):
     from ..engine.loop import prepare_run
     from .weights import shared_tensors
 
+    worker_logging()
     return prepare_run(TrainConfig.from_dict(config_dict), device=device, pretrained=shared_tensors(weights))
 
 

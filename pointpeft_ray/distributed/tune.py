@@ -12,6 +12,7 @@ experiment directory as Arrow tables while trials finish (see distributed.record
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,15 @@ from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..errors import ConfigError
 from ..folder_lock import exclusive_folder
+from ..logs import quiet
 from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
 from .cluster import ensure_ray, train_logging_config, verbose
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
     from .recorder import SearchOutcome
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,17 +68,17 @@ class SearchSpec:
 
 
 def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
-               resume: bool = False, echo=print, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
+               resume: bool = False, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
     """Search `space` around `base`; returns where the results are and the best trial.
     `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline).
     `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
     A name that already holds a search is refused unless `resume` (or `repair`) says what to do,
     and so is a search another process is writing (folder_lock)."""
     with exclusive_folder(spec.local_experiment_dir(), f"search {spec.name!r}"):
-        return _search(base, space, spec, address, resume, echo, callbacks, repair)
+        return _search(base, space, spec, address, resume, callbacks, repair)
 
 
-def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None, resume: bool, echo,
+def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None, resume: bool,
             callbacks: tuple, repair: bool) -> SearchOutcome:
     import ray.tune
 
@@ -86,8 +90,8 @@ def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: st
     if repair:
         done = recorder.repair()
         moved = ", ".join(f"{name} -> {aside}" for name, aside in done["moved_aside"].items()) or "none"
-        echo(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in {spec.experiment_dir()} "
-             f"(from {done['trial_folders']} trial folders; damaged files kept: {moved})")
+        logger.info(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in {spec.experiment_dir()} "
+                    f"(from {done['trial_folders']} trial folders; damaged files kept: {moved})")
         if not resume:
             return recorder.outcome()
     elif not resume and (recorder.has_record() or ray.tune.Tuner.can_restore(spec.experiment_dir())):
@@ -103,13 +107,13 @@ def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: st
         # `verbose` says; the classic reporter honours verbose=0. Our progress line says enough.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     base = base.replace(eval_every=1, run_dir=None)  # every epoch reports accuracy: ASHA compares rungs
-    prepare_run(space.base_config(base), echo=echo)  # data and bank once, not by the first trials
+    prepare_run(space.base_config(base))  # data and bank once, not by the first trials
     # The pre-trained weights: read here once, then from each node's object store (trials
     # on nodes without the driver's files find them there).
     weights = share_checkpoints([base]).get(base.model.checkpoint)
     from .search_progress import SearchProgress
 
-    progress = SearchProgress(spec.samples, base.optim.epochs, echo)
+    progress = SearchProgress(spec.samples, base.optim.epochs)
     tuner = _restored_tuner(base, space, spec, weights) if resume else \
         _new_tuner(base, space, spec, [recorder, progress, *callbacks], weights)
     tuner.fit()
@@ -231,12 +235,12 @@ def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, w
 def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
     from ..engine.context import TuneTrialContext
     from ..engine.loop import train
-    from .train import quiet_ray_train_reports
+    from .train import worker_logging
     from .weights import shared_tensors
 
-    quiet_ray_train_reports()
-
-    train(config, context=TuneTrialContext(), echo=lambda *_: None, pretrained=shared_tensors(weights_ref))
+    worker_logging()
+    with quiet():  # one trial among many: the search's progress line speaks for it
+        train(config, context=TuneTrialContext(), pretrained=shared_tensors(weights_ref))
 
 
 def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dict, weights_ref=None) -> None:

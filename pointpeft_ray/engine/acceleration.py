@@ -10,22 +10,24 @@ once and the run continues in eager mode with the same results.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 from torch import nn
 
-
 BACKEND = "inductor"
+logger = logging.getLogger(__name__)
 
 
 class FallbackForward:
-    """The compiled forward; on its first call, the eager one if compiling fails."""
+    """The compiled forward; on its first call, the eager one if compiling fails
+    (`fell_back` then says why)."""
 
-    def __init__(self, compiled: Callable, eager: Callable, echo: Callable[[str], None]):
-        self.compiled, self.eager, self.echo = compiled, eager, echo
+    def __init__(self, compiled: Callable, eager: Callable):
+        self.compiled, self.eager = compiled, eager
         self.checked = False
-        self.fell_back = False
+        self.fell_back = ""
 
     def __call__(self, *args, **kwargs):
         if self.checked:
@@ -35,16 +37,15 @@ class FallbackForward:
         except Exception as err:  # noqa: BLE001 - any compiler failure; a real error recurs in eager mode
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err
             first_line = (str(cause).strip().splitlines() or [""])[0]
-            self.echo(f"[compile] torch.compile unavailable here ({type(cause).__name__}: {first_line[:200]}); "
-                      "running eagerly")
-            self.fell_back = True
+            self.fell_back = (f"[compile] torch.compile unavailable here ({type(cause).__name__}: "
+                              f"{first_line[:200]}); running eagerly")
+            logger.warning(self.fell_back)
             out = self.eager(*args, **kwargs)
         self.checked = True
         return out
 
 
-def compile_model(model: nn.Module, enabled: bool, echo: Callable[[str], None] = print,
-                  backend: str | Callable | None = None) -> nn.Module:
+def compile_model(model: nn.Module, enabled: bool, backend: str | Callable | None = None) -> nn.Module:
     """The same module, its forward compiled when `enabled` (static shapes: one graph per
     batch shape, e.g. the training batch, the last partial batch, evaluation)."""
     if not enabled:
@@ -52,6 +53,7 @@ def compile_model(model: nn.Module, enabled: bool, echo: Callable[[str], None] =
     backend = backend or BACKEND
     eager = model.forward
     compiled = torch.compile(eager, backend=backend, dynamic=False)
-    model.forward = FallbackForward(compiled, eager, echo)
-    echo(f"[compile] {type(model).__name__}.forward compiled with torch.compile ({getattr(backend, '__name__', backend)})")
+    model.forward = FallbackForward(compiled, eager)
+    logger.info(f"[compile] {type(model).__name__}.forward compiled with torch.compile "
+                f"({getattr(backend, '__name__', backend)})")
     return model

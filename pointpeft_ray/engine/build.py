@@ -1,6 +1,7 @@
 """From a TrainConfig to the pieces a run needs: model, optimizer, schedule."""
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -11,26 +12,28 @@ from ..models.peft.model import PointPEFTModel
 from ..errors import ConfigError
 from .config import ScheduleSection, TrainConfig
 
+logger = logging.getLogger(__name__)
 
-def build_model(config: TrainConfig, num_classes: int, echo=print, pretrained=None) -> nn.Module:
+
+def build_model(config: TrainConfig, num_classes: int, pretrained=None) -> nn.Module:
     """peft: frozen backbone + Point-PEFT; full: everything trains; linear: only the head trains.
     `pretrained`: the tensors of config.model.checkpoint already read (else read from the file)."""
     backbone_config = config.model.backbone
     if config.mode == "peft":
         backbone = PointMAEBackbone(backbone_config)
-        _load_pretrained(backbone, config, echo, pretrained)
+        _load_pretrained(backbone, config, pretrained)
         return get_peft_model(backbone, config.peft, num_classes)
     model = FullFinetuneClassifier(backbone_config, num_classes)
-    _load_pretrained(model, config, echo, pretrained)
+    _load_pretrained(model, config, pretrained)
     if config.mode == "linear":
         freeze_all_but_head(model)
     return model
 
 
-def _load_pretrained(module: nn.Module, config: TrainConfig, echo, pretrained=None) -> None:
+def _load_pretrained(module: nn.Module, config: TrainConfig, pretrained=None) -> None:
     if config.model.checkpoint:
         report = load_checkpoint(module, config.model.checkpoint, state=pretrained)
-        echo(f"[model] {report}")
+        logger.info(f"[model] {report}")
 
 
 def freeze_all_but_head(model: FullFinetuneClassifier) -> None:

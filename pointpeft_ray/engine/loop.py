@@ -7,6 +7,7 @@ rank / world size for data sharding).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..data.transforms import Voting
 from ..errors import PointPEFTError
+from ..logs import quiet
 from ..models.peft.memory_bank import MemoryBank
 from ..models.peft.model import PointPEFTModel
 from . import build
@@ -33,6 +35,7 @@ ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
 MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
 # In the first report after a resume: the restored epochs' metrics (JSON, a list of rows).
 RESTORED_EPOCHS_KEY = "restored_epochs_json"
+logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(PointPEFTError):
@@ -105,7 +108,7 @@ def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     return values.cpu()
 
 
-def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, echo=print,
+def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
           bank: MemoryBank | None = None, pretrained=None) -> RunResult:
     """Fine-tune per `config`. `context` says where this runs (in-process by default,
     checkpointing under config.run_dir); `report` receives each epoch's metrics.
@@ -117,21 +120,21 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None, 
         context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
     device = context.device
     spec, train_data, test_data = load_run_data(config)
-    model = build_seeded_model(config, train_data.num_classes, echo, pretrained).to(device)
+    model = build_seeded_model(config, train_data.num_classes, pretrained).to(device)
     bank_start = time.perf_counter()
     if config.uses_memory_bank():
         if bank is not None:
             model.attach_memory_bank(bank)
-            echo(f"[bank] {len(bank)} rows, handed over by the driver")
+            logger.info(f"[bank] {len(bank)} rows, handed over by the driver")
         else:
-            attach_bank(model, spec, train_data, config, echo)
+            attach_bank(model, spec, train_data, config)
     result = RunResult(trainable_params=build.trainable_count(model),
                        total_params=sum(p.numel() for p in model.parameters()),
                        bank_seconds=time.perf_counter() - bank_start)
-    model = context.wrap_model(compile_model(model, config.compile, echo))
+    model = context.wrap_model(compile_model(model, config.compile))
     optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay, config.recipe),
                                      config.optim.lr, device)
-    start_epoch = _restore(context, model, optimizer, result, echo)
+    start_epoch = _restore(context, model, optimizer, result)
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
     train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
                                world_size=context.world_size, augment=config.data.augment, recipe=config.recipe)
@@ -191,26 +194,27 @@ def load_run_data(config: TrainConfig):
     return spec, *splits
 
 
-def prepare_run(config: TrainConfig, device: str = "cpu", echo=print, pretrained=None) -> MemoryBank | None:
+def prepare_run(config: TrainConfig, device: str = "cpu", pretrained=None) -> MemoryBank | None:
     """What every run of `config` shares, made once before they start: the data caches
     and, for PEFT with a bank, the memory bank (returned on the CPU; None without one).
     `pretrained`: the checkpoint's tensors already read (see train)."""
     spec, train_data, _ = load_run_data(config)
     if not config.uses_memory_bank():
         return None
-    model = build_seeded_model(config, train_data.num_classes, echo=lambda *_: None, pretrained=pretrained).to(device)
-    bank = attach_bank(model, spec, train_data, config, echo)
+    with quiet():  # the runs say which weights they load
+        model = build_seeded_model(config, train_data.num_classes, pretrained=pretrained).to(device)
+    bank = attach_bank(model, spec, train_data, config)
     bank.max_features = bank.max_features.cpu()
     bank.cls_features = None if bank.cls_features is None else bank.cls_features.cpu()
     return bank
 
 
-def build_seeded_model(config: TrainConfig, num_classes: int, echo=print, pretrained=None) -> torch.nn.Module:
+def build_seeded_model(config: TrainConfig, num_classes: int, pretrained=None) -> torch.nn.Module:
     """The model for `config`, initialised from config.seed: every Ray worker and the
     driver (which builds the memory bank) get identical weights."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    return build.build_model(config, num_classes, echo, pretrained)
+    return build.build_model(config, num_classes, pretrained)
 
 
 def export_model(model, directory: Path) -> None:
@@ -242,7 +246,7 @@ def _run_state(model, optimizer, epochs_done: int, result: RunResult) -> dict:
     }
 
 
-def _restore(context, model, optimizer, result: RunResult, echo) -> int:
+def _restore(context, model, optimizer, result: RunResult) -> int:
     state = context.restore()
     if state is None:
         return 0
@@ -254,11 +258,11 @@ def _restore(context, model, optimizer, result: RunResult, echo) -> int:
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    echo(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at {result.best_epoch})")
+    logger.info(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at {result.best_epoch})")
     return int(state["epochs_done"])
 
 
-def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, echo=print) -> MemoryBank:
+def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig) -> MemoryBank:
     """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
     from ..data.cache import default_cache_dir
     from ..data.loader import BatchLoader
@@ -268,7 +272,7 @@ def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig, ec
     cache_dir = Path(config.data.cache_dir or default_cache_dir()) / "memory_banks"
     dataset_key = f"{train_data.source}|{len(train_data)}|{spec.num_points}"
     bank = model.build_memory_bank(loader, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
-    echo(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")
+    logger.info(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")
     return bank
 
 

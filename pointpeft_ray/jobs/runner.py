@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -43,32 +44,33 @@ from .spec import STAGES, JobSpec, PlannedRun
 ADAPTERS_FOLDER = "adapters"
 REPORT_FOLDER = "report"
 SUMMARY_FILE = "job_summary.json"
+logger = logging.getLogger(__name__)
 
 
-def run_job(job: JobSpec, address: str | None = None, echo=print) -> JobOutcome:
+def run_job(job: JobSpec, address: str | None = None) -> JobOutcome:
     """Run every stage of `job`; returns where the results are and what they say.
     job_summary.json says `running` until the job ends, then `completed` or `failed`
     (with the error), so files left from an earlier run never pass for this one's."""
     job_dir, remote = job_folders(job)
     with exclusive_folder(job_dir, f"job {job.name!r}"):
-        return _run_job(job, job_dir, remote, address, echo)
+        return _run_job(job, job_dir, remote, address)
 
 
-def _run_job(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None, echo) -> JobOutcome:
+def _run_job(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None) -> JobOutcome:
     from ..distributed.cluster import ensure_ray
 
     start = time.perf_counter()
     ensure_ray(address)
     if remote and exists_at(remote):
-        echo(f"[job] resuming from {remote}")
+        logger.info(f"[job] resuming from {remote}")
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     outcome = JobOutcome(job_dir=str(job_dir))
     _publish_summary(outcome, job, job_dir, remote, "running")
-    echo(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
-         + (f" (working copy {job_dir})" if remote else ""))
+    logger.info(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
+                + (f" (working copy {job_dir})" if remote else ""))
     try:
-        _run_stages(job, outcome, job_dir, remote, address, echo)
+        _run_stages(job, outcome, job_dir, remote, address)
     except BaseException as err:
         outcome.wall_seconds = time.perf_counter() - start
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
@@ -78,33 +80,31 @@ def _run_job(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | 
     _publish_summary(outcome, job, job_dir, remote, "completed")
     if remote:
         outcome.job_dir = remote
-    echo(f"[job] {job.name} done in {outcome.wall_seconds:.0f} s ("
-         + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in outcome.stage_seconds.items())
-         + f"); results in {outcome.job_dir}")
+    logger.info(f"[job] {job.name} done in {outcome.wall_seconds:.0f} s ("
+                + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in outcome.stage_seconds.items())
+                + f"); results in {outcome.job_dir}")
     return outcome
 
 
-def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Optional[str], address: str | None,
-                echo) -> None:
+def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Optional[str], address: str | None) -> None:
     if job.pretrain is not None:
-        outcome.pretrained = str(_timed(outcome, "pretrain", echo, _pretrain, job, job_dir, remote, address, echo))
+        outcome.pretrained = str(_timed(outcome, "pretrain", _pretrain, job, job_dir, remote, address))
         job = job.with_pretrained(outcome.pretrained)
     if job.tune is not None:
-        outcome.best_trial = _timed(outcome, "tune", echo, _tune, job, job_dir, address, echo)
+        outcome.best_trial = _timed(outcome, "tune", _tune, job, job_dir, address)
         if remote:  # the report reads the search's tables and best config, not its checkpoints
             for name in SEARCH_FILES:
                 download_file(f"{remote}/tune/{name}", job_dir / "tune" / name)
     if job.finetune is not None:
         runs = job.finetune_runs(outcome.best_trial)
-        outcome.task_rows["finetune"] = _timed(outcome, "finetune", echo, _fine_tune, job, runs, "finetune",
-                                               job_dir, remote, address, echo)
+        outcome.task_rows["finetune"] = _timed(outcome, "finetune", _fine_tune, job, runs, "finetune",
+                                               job_dir, remote, address)
     if job.multitask:
-        outcome.task_rows["multitask"] = _timed(outcome, "multitask", echo, _fine_tune, job, job.multitask_runs(),
-                                                "multitask", job_dir, remote, address, echo)
-    outcome.adapter_bank = _write_bank(outcome, job_dir, echo)
-    if job.report:
-        outcome.report_text = _timed(outcome, "report", echo, _report, job, outcome, job_dir)
-        echo(outcome.report_text)
+        outcome.task_rows["multitask"] = _timed(outcome, "multitask", _fine_tune, job, job.multitask_runs(),
+                                                "multitask", job_dir, remote, address)
+    outcome.adapter_bank = _write_bank(outcome, job_dir)
+    if job.report:  # the command line prints it: the job's result, not its progress
+        outcome.report_text = _timed(outcome, "report", _report, job, outcome, job_dir)
 
 
 def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: Optional[str], status: str,
@@ -137,18 +137,18 @@ def _upload_job(job_dir: Path, remote: str) -> None:
         upload(item, f"{remote}/{item.name}")
 
 
-def _timed(outcome: JobOutcome, stage: str, echo, function, *args):
-    echo(f"[job] stage {stage} ...")
+def _timed(outcome: JobOutcome, stage: str, function, *args):
+    logger.info(f"[job] stage {stage} ...")
     start = time.perf_counter()
     value = function(*args)
     outcome.stage_seconds[stage] = time.perf_counter() - start
-    echo(f"[job] stage {stage} done in {outcome.stage_seconds[stage]:.1f} s")
+    logger.info(f"[job] stage {stage} done in {outcome.stage_seconds[stage]:.1f} s")
     return value
 
 
 # --- stages ---
 
-def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None, echo) -> Path:
+def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None) -> Path:
     from ..distributed.pretrain import fit_pretrain
     from ..distributed.train import RayRunSpec
     from ..pretrain.cache import ensure_pretrained, weights_key
@@ -161,10 +161,10 @@ def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str |
                       cpus_per_worker=resources.cpus if resources.workers > 1 else None,
                       name=f"pretrain-{weights_key(config)}",
                       storage_path=remote or str(job_dir), max_failures=2)
-    return ensure_pretrained(config, echo=echo, runner=partial(fit_pretrain, spec=spec, address=address))
+    return ensure_pretrained(config, runner=partial(fit_pretrain, spec=spec, address=address))
 
 
-def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
+def _tune(job: JobSpec, job_dir: Path, address: str | None) -> dict:
     """The search (resumed when this job ran it before); returns its best trial's row."""
     from ray.tune import Tuner
 
@@ -173,8 +173,8 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
     spec = job.search_spec("tune")
     resume = Tuner.can_restore(spec.experiment_dir())
     if resume:
-        echo(f"[tune] resuming the search in {spec.experiment_dir()}")
-    outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume, echo=echo)
+        logger.info(f"[tune] resuming the search in {spec.experiment_dir()}")
+    outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume)
     trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/{TRIALS_FILE}").to_pylist()  # may be a URI
     try:
         best = best_trial(trials)
@@ -183,20 +183,20 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None, echo) -> dict:
         raise PointPEFTError(f"tune: no trial finished ({len(trials)} ran"
                              + (f"; first error: {errors[0]}" if errors else "")
                              + f"); see {outcome.experiment_dir}/{TRIALS_FILE}") from None
-    echo(f"[tune] best trial {best['trial_id']}: accuracy {best['best_accuracy']:.2f}")
+    logger.info(f"[tune] best trial {best['trial_id']}: accuracy {best['best_accuracy']:.2f}")
     return best
 
 
 def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, remote: Optional[str],
-               address: str | None, echo) -> list[dict]:
+               address: str | None) -> list[dict]:
     from ..distributed.multitask import TASKS_FILE, TaskRun, run_tasks
 
     runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
                     workers=run.resources.workers, variant=run.variant) for run in planned]
-    echo(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
+    logger.info(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
     folder = job_dir / stage
     stage_uri = f"{remote}/{stage}" if remote else None
-    rows = run_tasks(runs, folder, address, echo=echo, max_concurrent=job.max_concurrent(stage), sync_uri=stage_uri)
+    rows = run_tasks(runs, folder, address, max_concurrent=job.max_concurrent(stage), sync_uri=stage_uri)
     if stage_uri:
         # The runs uploaded their own folders (from whichever node); the tables go beside
         # them, and the runs' folders come down here for the adapter bank.
@@ -209,7 +209,7 @@ def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Pat
     return rows
 
 
-def _write_bank(outcome: JobOutcome, job_dir: Path, echo) -> Optional[str]:
+def _write_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
     """Every completed PEFT run's adapter, in one bank for `pointpeft-ray predict`."""
     from ..serving.adapter_bank import entries_from_task_rows, write_adapter_bank
 
@@ -218,7 +218,7 @@ def _write_bank(outcome: JobOutcome, job_dir: Path, echo) -> Optional[str]:
         return None
     path = job_dir / ADAPTERS_FOLDER
     write_adapter_bank(path, entries)
-    echo(f"[job] adapter bank: {len(entries)} adapter(s) in {path}")
+    logger.info(f"[job] adapter bank: {len(entries)} adapter(s) in {path}")
     return str(path)
 
 

@@ -214,7 +214,7 @@ def _measure_upload(folder: Path, excludes: Sequence[str]) -> Optional[tuple[int
     import logging
 
     _dir_travel(folder, [_get_excludes(folder, patterns)], add, include_gitignore=include_gitignore,
-                logger=logging.getLogger("pointpeft_ray.submission"))
+                logger=logging.getLogger(__name__))
     large = sorted(((name, size) for name, size in sizes.items() if size >= LARGE_FILE), key=lambda item: -item[1])
     return sum(sizes.values()), large
 

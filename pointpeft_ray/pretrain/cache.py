@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ PRETRAIN_CACHE_VERSION = 1
 CHECKPOINT_NAME = "pretrain.pth"
 MANIFEST_NAME = "manifest.json"
 Runner = Callable[..., PretrainResult]
+logger = logging.getLogger(__name__)
 
 
 def weights_key(config: PretrainConfig) -> str:
@@ -53,10 +55,10 @@ def read_manifest(checkpoint: Path) -> dict | None:
         return None
 
 
-def ensure_pretrained(config: PretrainConfig, echo=print, runner: Runner | None = None) -> Path:
+def ensure_pretrained(config: PretrainConfig, runner: Runner | None = None) -> Path:
     """The cached checkpoint for `config`, pre-training it first if needed.
 
-    `runner(config, echo=...)` does the pre-training (default: in-process
+    `runner(config)` does the pre-training (default: in-process
     `pretrain`; pass a partial of distributed.pretrain.fit_pretrain for Ray).
     """
     path = cached_checkpoint_path(config)
@@ -64,12 +66,12 @@ def ensure_pretrained(config: PretrainConfig, echo=print, runner: Runner | None 
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
         if _is_complete(path, config):
-            echo(f"[pretrain] cached: {path}")
+            logger.info(f"[pretrain] cached: {path}")
             return path
         run_dir = folder / "run"
         run_config = config.replace(output=str(path), run_dir=str(run_dir))
-        echo(f"[pretrain] no cached weights for this config: pre-training into {folder}")
-        result = (runner or pretrain)(run_config, echo=echo)
+        logger.info(f"[pretrain] no cached weights for this config: pre-training into {folder}")
+        result = (runner or pretrain)(run_config)
         _write_manifest(path, config, result)
         # The run state (weights + optimizer) only served resuming.
         shutil.rmtree(run_dir, ignore_errors=True)

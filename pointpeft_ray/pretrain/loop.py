@@ -6,6 +6,7 @@ and the run state used for resuming.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from .config import PretrainConfig
 from .mae import PointMAEPretrainModel
 
 Reporter = Callable[[dict], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +38,7 @@ class PretrainResult:
     wall_seconds: float = 0.0
 
 
-def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=None, echo=print) -> PretrainResult:
+def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=None) -> PretrainResult:
     """Pre-train per `config`; writes the Point-MAE checkpoint to config.output_path()
     (rank 0). `context` says where this runs (in-process by default, resuming from
     config.run_dir); `report` receives each epoch's metrics in-process."""
@@ -51,7 +53,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
     result = PretrainResult(total_params=sum(p.numel() for p in model.parameters()))
     model = context.wrap_model(model)
     optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay), config.optim.lr, device)
-    start_epoch = _restore(context, model, optimizer, result, echo)
+    start_epoch = _restore(context, model, optimizer, result)
     loader = _train_loader(spec, data, config, context)
     use_bf16 = config.bf16 and device.type == "cuda"
     snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
@@ -66,7 +68,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
         metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
         result.history.append(metrics)
         if context.rank == 0:
-            echo(format_epoch(metrics, config.optim.epochs))
+            logger.info(format_epoch(metrics, config.optim.epochs))
         context.report(metrics, snapshot)
     _finish(result, model, config, context.rank)
     result.wall_seconds = time.perf_counter() - start_time
@@ -126,14 +128,14 @@ def _run_state(model, optimizer, epochs_done: int, result: PretrainResult) -> di
     }
 
 
-def _restore(context, model, optimizer, result: PretrainResult, echo) -> int:
+def _restore(context, model, optimizer, result: PretrainResult) -> int:
     state = context.restore()
     if state is None:
         return 0
     build.unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     result.history = list(state["history"])
-    echo(f"[resume] pre-training from epoch {state['epochs_done']}")
+    logger.info(f"[resume] pre-training from epoch {state['epochs_done']}")
     return int(state["epochs_done"])
 
 
