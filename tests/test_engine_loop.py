@@ -7,7 +7,8 @@ import torch
 
 from pointpeft_ray.engine import build
 from pointpeft_ray.engine.config import TrainConfig
-from pointpeft_ray.engine.loop import (ADAPTER_DIR, MODEL_FILE, RESTORED_EPOCHS_KEY, TrainingDivergedError,
+from pointpeft_ray.engine.epochs import RESTORED_EPOCHS_KEY
+from pointpeft_ray.engine.loop import (ADAPTER_DIR, MODEL_FILE, TrainingDivergedError,
                                        build_seeded_model, train)
 from pointpeft_ray.errors import ConfigError
 from pointpeft_ray.models.peft.model import PointPEFTModel

@@ -17,7 +17,7 @@ from ..folder_lock import exclusive_folder
 from ..pretrain.checkpoint import write_pretrain_checkpoint
 from ..pretrain.config import PretrainConfig
 from ..pretrain.loop import PretrainResult
-from .train import RayRunSpec, worker_logging
+from .train import RayRunSpec, launch, worker_logging
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,8 @@ def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address
 
 def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None) -> PretrainResult:
     import ray.train
-    from ray.train.torch import TorchTrainer
 
-    from .cluster import ensure_ray, train_logging_config
+    from .cluster import ensure_ray
 
     start = time.perf_counter()
     ensure_ray(address)
@@ -52,17 +51,9 @@ def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None)
     storage = spec.storage()
     # Workers write no file of their own; the driver writes it below.
     worker_config = config.replace(output=None, run_dir=None)
-    trainer = TorchTrainer(
-        _pretrain_worker_loop,
-        train_loop_config={"config": worker_config.model_dump()},
-        scaling_config=spec.scaling_config(),
-        run_config=ray.train.RunConfig(
-            name=spec.name, storage_path=storage, logging_config=train_logging_config(),
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    ray_result = trainer.fit()
+    ray_result = launch(_pretrain_worker_loop, {"config": worker_config.model_dump()}, spec.scaling_config(),
+                        spec.name, storage, max_failures=spec.max_failures,
+                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     if ray_result.error is not None:
         raise PointPEFTError(f"pre-training failed: {ray_result.error}")
     output = config.output_path() or Path(storage) / spec.name / "pretrain.pth"

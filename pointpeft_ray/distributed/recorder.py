@@ -6,7 +6,7 @@ most every few seconds while results arrive), so a reader sees a consistent tabl
 running search. On `--resume` the callback starts from the tables already written, and
 rows are keyed by (trial, epoch), so nothing is counted twice. A killed driver may not have
 written its last few seconds of reports; a trial resumed from its checkpoint reports the
-epochs that checkpoint holds (engine.loop.RESTORED_EPOCHS_KEY), which fills them in.
+epochs that checkpoint holds (engine.epochs.RESTORED_EPOCHS_KEY), which fills them in.
 
 A table that exists but cannot be read stops the search before anything is written
 (DamagedRecordError), so a damaged record is never replaced by an empty one. `repair`
@@ -27,7 +27,7 @@ import pyarrow as pa
 from ray.tune import Callback
 
 from ..engine.config import TrainConfig
-from ..engine.loop import RESTORED_EPOCHS_KEY
+from ..engine.epochs import RESTORED_EPOCHS_KEY
 from ..errors import DamagedRecordError, ResultsError
 from ..results.best_config import best_trial, write_best_config
 from ..results.storage import exists_at, is_uri, write_table_atomic

@@ -154,7 +154,7 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
 def _fit(config: TrainConfig, spec: RayRunSpec, address: str | None, weights):
     import ray.train
 
-    from .cluster import ensure_ray, train_logging_config
+    from .cluster import ensure_ray
     from .weights import share_checkpoints
 
     ensure_ray(address)
@@ -162,18 +162,28 @@ def _fit(config: TrainConfig, spec: RayRunSpec, address: str | None, weights):
     config = with_log_dir(config, spec)
     if weights is None:
         weights = share_checkpoints([config]).get(config.model.checkpoint)
+    loop_config = {"config": config.model_dump(), "bank": prepare_bank(config, spec, weights), "weights": weights}
+    # The best-scoring checkpoint is kept, and Ray always keeps the latest.
+    keep = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
+                                      checkpoint_score_order="max")
+    return launch(_worker_loop, loop_config, spec.scaling_config(), spec.name, spec.storage(),
+                  max_failures=spec.max_failures, checkpoint_config=keep)
+
+
+def launch(loop, loop_config: dict, scaling_config, name: str, storage: str, *, max_failures: int = 0,
+           checkpoint_config=None, callbacks: tuple = ()):
+    """Every Ray Train run (fine-tune, pre-training, a trial's workers) starts here: `loop`
+    on TorchTrainer workers, with our logging and a Ctrl-C that stops at once. Rerunning
+    a name in the same storage resumes from its latest checkpoint. Returns Ray's Result."""
+    import ray.train
+
+    from .cluster import train_logging_config
+
     trainer = _interruptible_trainer_class()(
-        _worker_loop,
-        train_loop_config={"config": config.model_dump(), "bank": prepare_bank(config, spec, weights),
-                           "weights": weights},
-        scaling_config=spec.scaling_config(),
-        run_config=ray.train.RunConfig(
-            name=spec.name, storage_path=spec.storage(), logging_config=train_logging_config(),
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            # The best-scoring checkpoint is kept, and Ray always keeps the latest.
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
-                                                         checkpoint_score_order="max"),
-        ),
+        loop, train_loop_config=loop_config, scaling_config=scaling_config,
+        run_config=ray.train.RunConfig(name=name, storage_path=storage, logging_config=train_logging_config(),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                                       checkpoint_config=checkpoint_config, callbacks=list(callbacks)),
     )
     return trainer.fit()
 

@@ -25,7 +25,7 @@ from ..folder_lock import exclusive_folder
 from ..logs import quiet
 from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
-from .cluster import ensure_ray, train_logging_config, verbose
+from .cluster import ensure_ray, verbose
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
     from .recorder import SearchOutcome
@@ -248,22 +248,15 @@ def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dic
     The workers read the memory bank from the cache the search's driver warmed."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .train import _worker_loop
+    from .train import _worker_loop, launch
 
     context = ray.tune.get_context()
     resources = {k: v for k, v in worker_resources.items() if v}
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"config": config.model_dump(), "bank": None, "weights": weights_ref},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(resources.get("GPU")),
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=f"{context.get_trial_id()}-train",
-                                       storage_path=context.get_trial_dir(), logging_config=train_logging_config(),
-                                       callbacks=[TuneReportCallback()]),
-    )
-    result = trainer.fit()
+    scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(resources.get("GPU")),
+                                      resources_per_worker=resources)
+    result = launch(_worker_loop, {"config": config.model_dump(), "bank": None, "weights": weights_ref}, scaling,
+                    f"{context.get_trial_id()}-train", context.get_trial_dir(), callbacks=(TuneReportCallback(),))
     if result.error is not None:
         raise result.error

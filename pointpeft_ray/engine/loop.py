@@ -1,12 +1,12 @@
-"""The training loop: a plain function of a TrainConfig.
+"""The fine-tuning loop: a plain function of a TrainConfig.
 
-The same function runs in-process, under a Ray TorchTrainer worker and inside a
-Ray Tune trial; what differs is only the `report` callback it is given (and the
-rank / world size for data sharding).
+The same function runs in-process, under a Ray TorchTrainer worker and inside a Ray
+Tune trial; the run context (engine.epochs.RunContext) is what differs: rank and world
+size for data sharding, the device, model wrapping, and where checkpoints go. Restoring,
+the schedule and the per-epoch report are engine.epochs.EpochLoop, shared with pre-training.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,14 +27,12 @@ from ..models.peft.model import PointPEFTModel
 from . import build
 from .acceleration import compile_model
 from .config import TrainConfig
-from .context import InProcessContext, Snapshot
+from .epochs import EpochLoop, context_for
 from .tensorboard import ScalarLogger
 
 Reporter = Callable[[dict], None]
 ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
 MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
-# In the first report after a resume: the restored epochs' metrics (JSON, a list of rows).
-RESTORED_EPOCHS_KEY = "restored_epochs_json"
 logger = logging.getLogger(__name__)
 
 
@@ -116,8 +114,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
     from the cache here. `pretrained`: the tensors of config.model.checkpoint already
     read (handed over through Ray's object store), else read from the file."""
     start_time = time.perf_counter()
-    if context is None:
-        context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
+    context = context_for(context, config.run_dir, config.device, report)
     device = context.device
     spec, train_data, test_data = load_run_data(config)
     model = build_seeded_model(config, train_data.num_classes, pretrained).to(device)
@@ -134,7 +131,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
     model = context.wrap_model(compile_model(model, config.compile))
     optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay, config.recipe),
                                      config.optim.lr, device)
-    start_epoch = _restore(context, model, optimizer, result)
+    loop = _epoch_loop(context, model, optimizer, config, result)
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
     train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
                                world_size=context.world_size, augment=config.data.augment, recipe=config.recipe)
@@ -143,14 +140,9 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
                               all_points=voting.draws_points)
     use_bf16 = config.bf16 and device.type == "cuda"
     scalars = ScalarLogger(config.tensorboard_dir() if context.rank == 0 else None)
-    snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
-                        export=lambda directory: export_model(model, directory))
     result.setup_seconds = time.perf_counter() - start_time
     try:
-        for epoch in range(start_epoch, config.optim.epochs):
-            lr = build.lr_at(epoch, config.optim, config.recipe)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        for epoch, lr in loop.epochs(config.optim.epochs):
             train_stats = _train_epoch(model, optimizer, train_loader, epoch, config, device, use_bf16)
             metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
                        "trainable_params": result.trainable_params,
@@ -171,19 +163,35 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
             metrics["best_epoch"] = result.best_epoch
             # since train() was called: under Ray, what the loop took of the run's wall time
             metrics["elapsed_seconds"] = time.perf_counter() - start_time
-            reported = metrics
-            if epoch == start_epoch > 0:
-                # A resumed run: the epochs its checkpoint holds, for a record (a search's
-                # epochs table) that may have lost the last reports before an interruption.
-                reported = {**metrics, RESTORED_EPOCHS_KEY: json.dumps(result.history, default=float)}
-            result.history.append(metrics)
             scalars.log_epoch(metrics)
-            context.report(reported, snapshot, is_best)
+            loop.report(metrics, is_best)
     finally:
         scalars.close()
+    result.history = loop.history
     result.final = result.history[-1] if result.history else {}
     result.wall_seconds = time.perf_counter() - start_time
     return result
+
+
+def _epoch_loop(context, model, optimizer, config: TrainConfig, result: RunResult) -> EpochLoop:
+    """The run's epochs, restored from its last checkpoint if it has one. What is saved
+    to resume: the trained tensors only (PEFT: the small adapter state), plus the progress."""
+    inner = build.unwrap(model)
+    peft = isinstance(inner, PointPEFTModel)
+    loop = EpochLoop(
+        context, optimizer, config.optim, config.recipe,
+        tensors=lambda: inner.adapter_state_dict() if peft else inner.state_dict(),
+        load_tensors=lambda tensors: inner.load_state_dict(tensors, strict=not peft),
+        fields=lambda: {"best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+                        "trainable_params": result.trainable_params, "total_params": result.total_params},
+        export=lambda directory: export_model(model, directory))
+    state = loop.restore()
+    if state:
+        result.best_accuracy, result.best_epoch = state["best_accuracy"], state["best_epoch"]
+        result.history = loop.history
+        logger.info(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at "
+                    f"{result.best_epoch})")
+    return loop
 
 
 def load_run_data(config: TrainConfig):
@@ -224,42 +232,6 @@ def export_model(model, directory: Path) -> None:
         inner.save_adapter(Path(directory) / ADAPTER_DIR)
     else:
         torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, Path(directory) / MODEL_FILE)
-
-
-def _run_state(model, optimizer, epochs_done: int, result: RunResult) -> dict:
-    """What a resumed run needs: the trained tensors (PEFT: the small adapter state),
-    the optimizer, and the progress so far."""
-    inner = build.unwrap(model)
-    weights = inner.adapter_state_dict() if isinstance(inner, PointPEFTModel) else inner.state_dict()
-    return {
-        "model": {k: v.detach().cpu() for k, v in weights.items()},
-        "optimizer": optimizer.state_dict(),
-        "epochs_done": epochs_done,
-        "best_accuracy": result.best_accuracy,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "trainable_params": result.trainable_params,
-        "total_params": result.total_params,
-        # The RNG that drives dropout / drop-path: a resumed run repeats the uninterrupted one.
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _restore(context, model, optimizer, result: RunResult) -> int:
-    state = context.restore()
-    if state is None:
-        return 0
-    inner = build.unwrap(model)
-    inner.load_state_dict(state["model"], strict=not isinstance(inner, PointPEFTModel))
-    optimizer.load_state_dict(state["optimizer"])
-    result.best_accuracy, result.best_epoch = state["best_accuracy"], state["best_epoch"]
-    result.history = list(state["history"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    logger.info(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at {result.best_epoch})")
-    return int(state["epochs_done"])
 
 
 def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig) -> MemoryBank:

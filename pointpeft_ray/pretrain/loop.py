@@ -1,8 +1,8 @@
 """The pre-training loop: a plain function of a PretrainConfig.
 
 Like the fine-tune loop, the same function runs in-process and on Ray Train
-workers; the run context (engine.context) supplies rank, device, model wrapping
-and the run state used for resuming.
+workers; the run context supplies rank, device and model wrapping, and
+engine.epochs.EpochLoop the restore, schedule and per-epoch report both loops share.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..engine import build
-from ..engine.context import InProcessContext, Snapshot
+from ..engine.epochs import EpochLoop, context_for
 from ..engine.loop import StepGuard, sum_across_ranks
 from ..errors import ConfigError
 from .checkpoint import write_pretrain_checkpoint
@@ -43,33 +43,33 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
     (rank 0). `context` says where this runs (in-process by default, resuming from
     config.run_dir); `report` receives each epoch's metrics in-process."""
     start_time = time.perf_counter()
-    if context is None:
-        context = InProcessContext(config.run_dir, build.resolve_device(config.device), report)
+    context = context_for(context, config.run_dir, config.device, report)
     device = context.device
-    torch.manual_seed(config.seed)  # the initial weights
+    torch.manual_seed(config.seed)  # the initial weights, the same on every rank
     spec = get_task(config.data.task).with_options(**config.data.options)
     data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
     model = PointMAEPretrainModel(config.model.backbone, config.mae).to(device)
+    # Masks and drop-path draw from the global RNG: ranks draw differently (a resumed run
+    # continues from the RNG state its checkpoint saved).
+    torch.manual_seed(int(np.random.SeedSequence([config.seed, context.rank]).generate_state(1)[0]))
     result = PretrainResult(total_params=sum(p.numel() for p in model.parameters()))
     model = context.wrap_model(model)
+    inner = build.unwrap(model)
     optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay), config.optim.lr, device)
-    start_epoch = _restore(context, model, optimizer, result)
+    loop = EpochLoop(context, optimizer, config.optim, tensors=inner.state_dict, load_tensors=inner.load_state_dict,
+                     export=lambda directory: write_pretrain_checkpoint(
+                         inner.state_dict(), Path(directory) / "pretrain.pth", loop.epoch + 1))
+    if loop.restore():
+        logger.info(f"[resume] pre-training from epoch {loop.start_epoch}")
     loader = _train_loader(spec, data, config, context)
     use_bf16 = config.bf16 and device.type == "cuda"
-    snapshot = Snapshot(state=lambda: _run_state(model, optimizer, epoch + 1, result),
-                        export=lambda directory: write_pretrain_checkpoint(
-                            build.unwrap(model).state_dict(), Path(directory) / "pretrain.pth", epoch + 1))
-    for epoch in range(start_epoch, config.optim.epochs):
-        lr = build.lr_at(epoch, config.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        _seed_epoch(config.seed, epoch, context.rank)
+    for epoch, lr in loop.epochs(config.optim.epochs):
         stats = _train_epoch(model, optimizer, loader, epoch, config, device, use_bf16)
         metrics = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
-        result.history.append(metrics)
         if context.rank == 0:
             logger.info(format_epoch(metrics, config.optim.epochs))
-        context.report(metrics, snapshot)
+        loop.report(metrics)
+    result.history = loop.history
     _finish(result, model, config, context.rank)
     result.wall_seconds = time.perf_counter() - start_time
     return result
@@ -92,12 +92,6 @@ def _train_loader(spec, data, config: PretrainConfig, context):
     return loader
 
 
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Masks and drop-path draw from the global RNG: seeding it per (seed, epoch, rank)
-    makes a resumed run draw what an uninterrupted one would, and ranks differ."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
-
-
 def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, device, use_bf16: bool) -> dict:
     model.train()
     loader.set_epoch(epoch)
@@ -117,26 +111,6 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, d
     totals = sum_across_ranks(torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device))
     loss_sum, seen = float(totals[0]), int(totals[1])
     return {"loss": loss_sum / max(1, seen), "samples_per_second": seen / max(seconds, 1e-9), "seconds": seconds}
-
-
-def _run_state(model, optimizer, epochs_done: int, result: PretrainResult) -> dict:
-    return {
-        "model": {k: v.detach().cpu() for k, v in build.unwrap(model).state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "epochs_done": epochs_done,
-        "history": result.history,
-    }
-
-
-def _restore(context, model, optimizer, result: PretrainResult) -> int:
-    state = context.restore()
-    if state is None:
-        return 0
-    build.unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    result.history = list(state["history"])
-    logger.info(f"[resume] pre-training from epoch {state['epochs_done']}")
-    return int(state["epochs_done"])
 
 
 def _finish(result: PretrainResult, model, config: PretrainConfig, rank: int) -> None:
