@@ -377,7 +377,7 @@ def _add_report(commands) -> None:
 
 
 def _run_report(args) -> int:
-    from .results.report import build_report, format_report, report_payload
+    from .results.search_report import build_report, format_report, report_payload
 
     if args.top < 1:
         raise PointPEFTError(f"--top must be at least 1, got {args.top}")

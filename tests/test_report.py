@@ -15,7 +15,7 @@ from pointpeft_ray.results import (
     epochs_table, final_and_best, trials_table, write_best_config, write_table_atomic,
 )
 from pointpeft_ray.results.importance import search_distributions
-from pointpeft_ray.results.report import build_report, format_report, report_payload
+from pointpeft_ray.results.search_report import build_report, format_report, report_payload
 from pointpeft_ray.search import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]

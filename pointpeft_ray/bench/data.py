@@ -14,7 +14,7 @@ from ..data.loader import BatchLoader
 from ..data.split import PointSplit
 from ..data.transforms import build_augmentation
 from ..output import format_table, write_json
-from .report import machine_info
+from .machine import machine_info
 
 CASES = (
     # (label, stored points, points fed, augmentation)

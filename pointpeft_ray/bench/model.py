@@ -20,7 +20,7 @@ from ..models import FullFinetuneClassifier, MemoryBank, PointMAEBackbone, get_p
 from ..models.peft.geometry import token_geometry
 from ..models.presets import get_preset
 from ..output import format_table, write_json
-from .report import machine_info
+from .machine import machine_info
 
 VARIANTS = ("full", "peft", "peft_frozen_pass")
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..engine.config import TrainConfig
 from ..logs import quiet
 from ..output import format_table, write_json
-from .report import machine_info
+from .machine import machine_info
 
 GOAL_RATIO = 0.6
 TASKS = ("synth/objbg", "synth/hardest")

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..logs import quiet
 from ..output import format_table, write_json
 from ..search.space import SearchSpace
-from .report import machine_info
+from .machine import machine_info
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SPACE_FILE = REPOSITORY / "search_spaces" / "cpu_demo.yaml"

@@ -22,7 +22,7 @@ import torch
 from ..engine.config import TrainConfig
 from ..logs import quiet
 from ..output import format_table, write_json
-from .report import machine_info
+from .machine import machine_info
 
 GOAL_RATIO = 1.10
 logger = logging.getLogger(__name__)

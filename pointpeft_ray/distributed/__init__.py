@@ -1,1 +1,2 @@
-"""Ray: the embedded local cluster, Ray Train fine-tuning (and later Tune, jobs)."""
+"""Ray: the embedded local cluster, Ray Train runs (fine-tuning, pre-training), Tune searches
+and parallel multi-task fine-tunes."""

@@ -114,7 +114,7 @@ def _prepare_in_task(config_dict: dict, weights=None, device: str = "cpu"):
     return prepare_run(TrainConfig.from_dict(config_dict), device=device, pretrained=shared_tensors(weights))
 
 
-def prepare_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
+def prepare_memory_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
     """An ObjectRef to the run's memory bank, or None when the run uses no bank.
     `weights`: model.checkpoint in the object store (distributed.weights), if it is there."""
     import ray
@@ -162,7 +162,7 @@ def _fit(config: TrainConfig, spec: RayRunSpec, address: str | None, weights):
     config = with_log_dir(config, spec)
     if weights is None:
         weights = share_checkpoints([config]).get(config.model.checkpoint)
-    loop_config = {"config": config.model_dump(), "bank": prepare_bank(config, spec, weights), "weights": weights}
+    loop_config = {"config": config.model_dump(), "bank": prepare_memory_bank(config, spec, weights), "weights": weights}
     # The best-scoring checkpoint is kept, and Ray always keeps the latest.
     keep = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
                                       checkpoint_score_order="max")

@@ -124,7 +124,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
             model.attach_memory_bank(bank)
             logger.info(f"[bank] {len(bank)} rows, handed over by the driver")
         else:
-            attach_bank(model, spec, train_data, config)
+            attach_cached_memory_bank(model, spec, train_data, config)
     result = RunResult(trainable_params=build.trainable_count(model),
                        total_params=sum(p.numel() for p in model.parameters()),
                        bank_seconds=time.perf_counter() - bank_start)
@@ -211,7 +211,7 @@ def prepare_run(config: TrainConfig, device: str = "cpu", pretrained=None) -> Me
         return None
     with quiet():  # the runs say which weights they load
         model = build_seeded_model(config, train_data.num_classes, pretrained=pretrained).to(device)
-    bank = attach_bank(model, spec, train_data, config)
+    bank = attach_cached_memory_bank(model, spec, train_data, config)
     bank.max_features = bank.max_features.cpu()
     bank.cls_features = None if bank.cls_features is None else bank.cls_features.cpu()
     return bank
@@ -234,7 +234,7 @@ def export_model(model, directory: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, Path(directory) / MODEL_FILE)
 
 
-def attach_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig) -> MemoryBank:
+def attach_cached_memory_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig) -> MemoryBank:
     """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
     from ..data.cache import default_cache_dir
     from ..data.loader import BatchLoader

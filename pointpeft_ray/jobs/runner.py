@@ -7,7 +7,7 @@ Everything lands in JOB_DIR = STORAGE/NAME:
   tune/                   trials.parquet, epochs.parquet, best_config.yaml (the search)
   finetune/, multitask/   tasks.parquet, epochs.parquet and one run folder per fine-tune
   adapters/               the adapter bank: every PEFT run's adapter (`pointpeft-ray predict`)
-  report/                 comparison.parquet, report.txt and plots
+  report/                 report.txt and its plots
 
 Rerunning the same job resumes: cached pre-training, a restored search, runs that
 continue from their last checkpoint (finished ones return at once).
@@ -35,10 +35,10 @@ from ..atomic import atomic_write_text
 from ..folder_lock import exclusive_folder
 from ..errors import PointPEFTError, ResultsError
 from ..results.best_config import best_trial
-from ..results.report import EXPECTED_FILES as SEARCH_FILES
+from ..results.search_report import EXPECTED_FILES as SEARCH_FILES
 from ..results.storage import download_file, download_folder, exists_at, is_uri, upload
 from ..results.tables import EPOCHS_FILE, TRIALS_FILE, read_trials
-from .report import JobOutcome, write_job_report
+from .job_report import JobOutcome, write_job_report
 from .spec import STAGES, JobSpec, PlannedRun
 
 ADAPTERS_FOLDER = "adapters"
@@ -102,7 +102,7 @@ def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Option
     if job.multitask:
         outcome.task_rows["multitask"] = _timed(outcome, "multitask", _fine_tune, job, job.multitask_runs(),
                                                 "multitask", job_dir, remote, address)
-    outcome.adapter_bank = _write_bank(outcome, job_dir)
+    outcome.adapter_bank = _write_adapter_bank(outcome, job_dir)
     if job.report:  # the command line prints it: the job's result, not its progress
         outcome.report_text = _timed(outcome, "report", _report, job, outcome, job_dir)
 
@@ -209,7 +209,7 @@ def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Pat
     return rows
 
 
-def _write_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
+def _write_adapter_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
     """Every completed PEFT run's adapter, in one bank for `pointpeft-ray predict`."""
     from ..serving.adapter_bank import entries_from_task_rows, write_adapter_bank
 

@@ -44,8 +44,8 @@ from ..errors import CheckpointError, DataFormatError, PointPEFTError
 INDEX_NAME = "index.json"
 ADAPTERS_DIR = "adapters"
 LOCK_NAME = ".index.lock"
-BANK_FORMAT = "pointpeft-adapter-bank"
-BANK_FORMAT_VERSION = 1
+ADAPTER_BANK_FORMAT = "pointpeft-adapter-bank"
+ADAPTER_BANK_FORMAT_VERSION = 1
 RESERVED_NAMES = ("all",)  # `predict --task all` means every entry
 # Backbone settings that do not change what the frozen backbone computes in eval mode.
 TRAINING_ONLY_BACKBONE_KEYS = ("drop_path_rate",)
@@ -143,7 +143,7 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
                 _copy_adapter(entry["source"], folder)
                 created.append(folder)
                 records[entry["name"]] = {**entry["record"], "adapter": f"{ADAPTERS_DIR}/{folder.name}"}
-            index = {"format": BANK_FORMAT, "format_version": BANK_FORMAT_VERSION,
+            index = {"format": ADAPTER_BANK_FORMAT, "format_version": ADAPTER_BANK_FORMAT_VERSION,
                      "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backbone": backbone,
                      "entries": {name: records[name] for name in sorted(records)}}
             atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -323,11 +323,11 @@ def read_bank_index(directory: str | Path) -> dict:
         raise AdapterBankError(f"{path}: invalid JSON ({err})") from None
     if not isinstance(index, dict):
         raise AdapterBankError(f"{path}: expected a JSON object at the top level, found {type(index).__name__}")
-    if index.get("format") != BANK_FORMAT:
-        raise AdapterBankError(f"{path}: 'format' is {index.get('format')!r}, expected {BANK_FORMAT!r}")
-    if index.get("format_version") != BANK_FORMAT_VERSION:
+    if index.get("format") != ADAPTER_BANK_FORMAT:
+        raise AdapterBankError(f"{path}: 'format' is {index.get('format')!r}, expected {ADAPTER_BANK_FORMAT!r}")
+    if index.get("format_version") != ADAPTER_BANK_FORMAT_VERSION:
         raise AdapterBankError(f"{path}: 'format_version' is {index.get('format_version')!r}; this version "
-                               f"reads {BANK_FORMAT_VERSION}")
+                               f"reads {ADAPTER_BANK_FORMAT_VERSION}")
     backbone = _key(index, "backbone", dict, path, "")
     _key(backbone, "fingerprint", str, path, "backbone.")
     _key(backbone, "config", dict, path, "backbone.")
@@ -509,7 +509,7 @@ class AdapterBank:
         reference = getattr(self.backbone, "pretrained_reference", None)
         with torch.no_grad():
             # Back to the pre-trained values first: this entry may tune fewer tensors.
-            for key, value in (reference.items().items() if reference is not None else ()):
+            for key, value in (reference.tensors().items() if reference is not None else ()):
                 tensors[key].copy_(value)
             for key, value in overrides.items():
                 tensors[key].copy_(value)

@@ -24,7 +24,7 @@ from ...arrow_io import column_numpy, fixed_size_list, write_ipc_atomic
 from ...errors import MemoryBankError
 from ..ops import farthest_point_sample
 
-BANK_FORMAT_VERSION = 1
+MEMORY_BANK_FORMAT_VERSION = 1
 FeatureFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -115,7 +115,7 @@ def build_memory_bank(
             )
         dataset_key = dataset_fingerprint(batches)
     key = {
-        "format": BANK_FORMAT_VERSION,
+        "format": MEMORY_BANK_FORMAT_VERSION,
         "backbone": backbone_fingerprint,
         "dataset": dataset_key,
         "grouping": dict(sorted(grouping.items())),
@@ -208,7 +208,7 @@ def write_bank_file(bank: MemoryBank, path: Path) -> Path:
         columns["cls_feature"] = fixed_size_list(bank.cls_features.numpy())
     table = pa.table(columns)
     meta = {b"pointpeft.bank_key": json.dumps(bank.key, sort_keys=True).encode(),
-            b"pointpeft.bank_format": str(BANK_FORMAT_VERSION).encode()}
+            b"pointpeft.bank_format": str(MEMORY_BANK_FORMAT_VERSION).encode()}
     return write_ipc_atomic(table.replace_schema_metadata(meta), path)
 
 

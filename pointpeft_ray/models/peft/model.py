@@ -78,7 +78,7 @@ class _TensorStore(nn.Module):
     def get(self, name: str) -> torch.Tensor:
         return getattr(self, name.replace(".", "__"))
 
-    def items(self, prefix: str = ""):
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         return {n[len(prefix):]: self.get(n) for n in self._names if n.startswith(prefix)}
 
 
@@ -117,7 +117,7 @@ class PointPEFTModel(nn.Module):
         # Tunable tensors stay out of the fingerprint: an adapter still matches
         # a backbone tuned by other adapters.
         self.backbone_fingerprint = fingerprint_tensors((k, v) for k, v in state.items() if k not in tunable)
-        reference = fingerprint_tensors((k, v) for k, v in self.frozen_reference.items().items() if k in tunable)
+        reference = fingerprint_tensors((k, v) for k, v in self.frozen_reference.tensors().items() if k in tunable)
         self.bank_fingerprint = hashlib.blake2b(f"{self.backbone_fingerprint}|{reference}".encode(),
                                                 digest_size=16).hexdigest()
         self._freeze()
@@ -197,7 +197,7 @@ class PointPEFTModel(nn.Module):
             raise ValueError(f"clouds of {points.shape[1]} points are too small for the bank encoder "
                              f"(bank_num_group={groups}, group_size={conf.group_size})")
         neighbourhoods, centres = group_points(points, groups, conf.group_size, conf.fps_start)
-        buffers = self.frozen_reference.items(prefix="encoder.")
+        buffers = self.frozen_reference.tensors(prefix="encoder.")
         with batchnorm_eval(self.backbone.encoder):
             tokens = torch.func.functional_call(self.backbone.encoder, buffers, (neighbourhoods,), strict=False)
         if hasattr(self.backbone, "reduce_dim"):
@@ -212,7 +212,7 @@ class PointPEFTModel(nn.Module):
             batch = tokens.shape[0]
             x = torch.cat([ref.get("cls_token").expand(batch, -1, -1), tokens], dim=1)
             pos = torch.cat([ref.get("cls_pos").expand(batch, -1, -1), pos], dim=1)
-        block_params = ref.items(prefix="blocks.")
+        block_params = ref.tensors(prefix="blocks.")
         x = torch.func.functional_call(self.backbone.blocks, block_params, (x, pos), {"stochastic_depth": False})
         norm = self.backbone.norm
         x = F.layer_norm(x, norm.normalized_shape, ref.get("norm.weight"),

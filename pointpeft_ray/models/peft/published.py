@@ -21,7 +21,7 @@ from ...errors import CheckpointError, MemoryBankError
 from ..backbone import BackboneConfig, PointMAEBackbone
 from ..checkpoint import LoadReport, load_checkpoint, read_state_dict
 from .config import PointPEFTConfig
-from .memory_bank import BANK_FORMAT_VERSION, MemoryBank
+from .memory_bank import MEMORY_BANK_FORMAT_VERSION, MemoryBank
 from .model import PointPEFTModel, get_peft_model
 
 # The published forward prompts the blocks with layer_id <= 5, queries with a
@@ -79,7 +79,7 @@ def read_published_bank(path: str | Path, dim: int) -> MemoryBank:
     if tensor.shape[1] < 2 or not torch.isfinite(tensor).all():
         raise MemoryBankError(f"{path}: the bank needs at least 2 finite rows, found shape "
                               f"{tuple(tensor.shape)} ({int((~torch.isfinite(tensor)).sum())} non-finite values)")
-    key = {"format": BANK_FORMAT_VERSION, "source": "published", "file": path.name}
+    key = {"format": MEMORY_BANK_FORMAT_VERSION, "source": "published", "file": path.name}
     return MemoryBank(tensor.T.float().contiguous(), None, key=key)
 
 

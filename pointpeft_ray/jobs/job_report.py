@@ -113,7 +113,7 @@ def comparison_png(rows: Sequence[Mapping], path: Path) -> Optional[Path]:
 
 
 def _search_report(tune_dir: Path, plots_dir: Path) -> str:
-    from ..results.report import build_report, format_report
+    from ..results.search_report import build_report, format_report
 
     return format_report(build_report(tune_dir, top=5, plots_dir=plots_dir), show_best_config=False)
 
