@@ -19,7 +19,11 @@ import torch
 
 from ..errors import DataFormatError
 from ..models.ops import farthest_point_sample, gather_points
+from ..progress import progress_bar
+from . import synthetic
 from .cache import cache_path, default_cache_dir, load_or_build
+from .formats import (read_fewshot, read_modelnet40_dat, read_modelnet40_h5, read_modelnet40_text, read_scanobjectnn,
+                      read_shapenet55)
 from .loader import BatchLoader
 from .split import PointSplit
 from .transforms import build_augmentation, build_augmentation_for
@@ -193,8 +197,6 @@ def _prepare(spec: TaskSpec, split: str, root: Path | None, allow_pickle: bool, 
 def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int = 256) -> PointSplit:
     """Reduce every cloud to `count` points by FPS, keeping the FPS order (so any
     prefix of the result is itself the FPS of that length)."""
-    from ..progress import progress_bar
-
     parts = []
     starts = range(0, len(data), chunk)
     for start in progress_bar(starts, progress, desc=f"fps {data.points_per_sample}->{count}", unit="chunk",
@@ -206,8 +208,6 @@ def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int =
 
 
 def _read_synthetic(spec, split, root, allow_pickle, progress) -> PointSplit:
-    from . import synthetic
-
     samples = spec.options.get("samples_per_class", synthetic.DEFAULT_SAMPLES[split])
     return synthetic.make_split(spec.options["variant"], split, samples_per_class=samples,
                                 num_points=spec.options.get("points", spec.num_points),
@@ -215,14 +215,10 @@ def _read_synthetic(spec, split, root, allow_pickle, progress) -> PointSplit:
 
 
 def _read_scanobjectnn(spec, split, root, allow_pickle, progress) -> PointSplit:
-    from .formats import read_scanobjectnn
-
     return read_scanobjectnn(root, spec.options["variant"], split)
 
 
 def _read_modelnet40(spec, split, root, allow_pickle, progress) -> PointSplit:
-    from .formats import read_modelnet40_dat, read_modelnet40_text
-
     if _use_dat(root, split, allow_pickle):
         return read_modelnet40_dat(_modelnet_dat(root, split), allow_pickle=True)
     # FPS is greedy, so FPS to 1200 equals the first 1200 of FPS to 8192:
@@ -231,21 +227,15 @@ def _read_modelnet40(spec, split, root, allow_pickle, progress) -> PointSplit:
 
 
 def _read_modelnet40_h5(spec, split, root, allow_pickle, progress) -> PointSplit:
-    from .formats import read_modelnet40_h5
-
     return read_modelnet40_h5(root, split)
 
 
 def _read_fewshot(spec, split, root, allow_pickle, progress) -> PointSplit:
-    from .formats import read_fewshot
-
     o = spec.options
     return read_fewshot(root, o["way"], o["shot"], o["fold"], split, allow_pickle=allow_pickle)
 
 
 def _read_shapenet55(spec, split, root, allow_pickle, progress) -> PointSplit:
-    from .formats import read_shapenet55
-
     return read_shapenet55(root, split)
 
 

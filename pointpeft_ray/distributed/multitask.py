@@ -19,11 +19,17 @@ from pathlib import Path
 from typing import Optional
 
 from ..atomic import atomic_write_text
-from ..folder_lock import exclusive_folder
 from ..engine.config import TrainConfig
+from ..engine.context import STATE_FILE, load_state, node_id
+from ..engine.loop import ADAPTER_DIR, train
+from ..errors import PointPEFTError
+from ..folder_lock import exclusive_folder
 from ..logs import quiet
 from ..results.storage import download_folder, upload, write_table_atomic
 from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
+from .cluster import ensure_ray
+from .train import RayRunSpec, best_checkpoint, fit, worker_logging
+from .weights import share_checkpoints, shared_tensors
 
 TASKS_FILE = "tasks.parquet"
 logger = logging.getLogger(__name__)
@@ -55,9 +61,6 @@ def run_tasks(runs: list[TaskRun], experiment_dir: str | Path, address: str | No
 def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None,
                max_concurrent: Optional[int], sync_uri: Optional[str]) -> list[dict]:
     import ray
-
-    from .cluster import ensure_ray
-    from .weights import share_checkpoints
 
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
@@ -139,10 +142,6 @@ def _collect(ref, run: TaskRun) -> tuple[dict, list]:
 def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = None) -> dict:
     """Runs on a worker: the loop in this process, checkpoints under config.run_dir
     (uploaded to `upload_to` at the end, when given)."""
-    from ..engine.loop import ADAPTER_DIR, train
-    from .train import worker_logging
-    from .weights import shared_tensors
-
     worker_logging()
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
@@ -161,11 +160,6 @@ def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int,
                             label: str, ray_storage: str, upload_to: Optional[str] = None) -> dict:
     """Runs on the cluster: a Ray Train run of `workers` DDP workers (distributed.train.fit),
     kept in RAY_STORAGE/LABEL; the best adapter is copied into config.run_dir/best."""
-    from ..engine.context import STATE_FILE, load_state
-    from ..engine.loop import ADAPTER_DIR
-    from ..errors import PointPEFTError
-    from .train import RayRunSpec, best_checkpoint, fit
-
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
     spec = RayRunSpec(workers=workers, use_gpu=gpus > 0, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
@@ -209,8 +203,6 @@ def _metrics_row(history: list[dict], trainable: Optional[int], total: Optional[
 
 def _node() -> dict:
     import ray
-
-    from ..engine.context import node_id
 
     return {"node": node_id(), "node_ip": ray.util.get_node_ip_address()}
 

@@ -11,21 +11,20 @@ import logging
 import time
 from pathlib import Path
 
-from ..engine.context import STATE_FILE, load_state
+from ..engine.context import STATE_FILE, RayTrainContext, load_state
 from ..errors import PointPEFTError
 from ..folder_lock import exclusive_folder
 from ..pretrain.checkpoint import write_pretrain_checkpoint
 from ..pretrain.config import PretrainConfig
-from ..pretrain.loop import PretrainResult
+from ..pretrain.loop import PretrainResult, pretrain
+from ..pretrain.mae import PointMAEPretrainModel
+from .cluster import ensure_ray
 from .train import RayRunSpec, launch, worker_logging
 
 logger = logging.getLogger(__name__)
 
 
 def _pretrain_worker_loop(loop_config: dict) -> None:
-    from ..engine.context import RayTrainContext
-    from ..pretrain.loop import pretrain
-
     config = PretrainConfig.from_dict(loop_config["config"])
     worker_logging()
     pretrain(config, context=RayTrainContext())
@@ -42,8 +41,6 @@ def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address
 
 def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None) -> PretrainResult:
     import ray.train
-
-    from .cluster import ensure_ray
 
     start = time.perf_counter()
     ensure_ray(address)
@@ -76,7 +73,5 @@ def _result_from_checkpoint(checkpoint, output: Path) -> PretrainResult:
 
 
 def _parameter_count(config: PretrainConfig) -> int:
-    from ..pretrain.mae import PointMAEPretrainModel
-
     model = PointMAEPretrainModel(config.model.backbone, config.mae)
     return sum(p.numel() for p in model.parameters())

@@ -15,9 +15,14 @@ from pathlib import Path
 
 from ..configuration import check_name
 from ..engine.config import TrainConfig
+from ..engine.context import RayTrainContext
+from ..engine.loop import prepare_run, train
+from ..engine.summary import format_epoch
 from ..folder_lock import exclusive_folder
 from ..logs import configure
 from ..results.storage import check_storage_path, is_uri
+from .cluster import ensure_ray, train_logging_config
+from .weights import share_checkpoints, shared_tensors
 
 SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
 logger = logging.getLogger(__name__)
@@ -92,12 +97,7 @@ def worker_logging() -> None:
 def _worker_loop(loop_config: dict) -> None:
     import ray
 
-    from ..engine.context import RayTrainContext
-    from ..engine.loop import train
-    from ..engine.summary import format_epoch
-
     worker_logging()
-    from .weights import shared_tensors
 
     config = TrainConfig.from_dict(loop_config["config"])
     bank_ref = loop_config.get("bank")
@@ -107,9 +107,6 @@ def _worker_loop(loop_config: dict) -> None:
 
 
 def _prepare_in_task(config_dict: dict, weights=None, device: str = "cpu"):
-    from ..engine.loop import prepare_run
-    from .weights import shared_tensors
-
     worker_logging()
     return prepare_run(TrainConfig.from_dict(config_dict), device=device, pretrained=shared_tensors(weights))
 
@@ -118,9 +115,6 @@ def prepare_memory_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
     """An ObjectRef to the run's memory bank, or None when the run uses no bank.
     `weights`: model.checkpoint in the object store (distributed.weights), if it is there."""
     import ray
-
-    from ..engine.loop import prepare_run
-    from .weights import shared_tensors
 
     if not config.uses_memory_bank():
         return None
@@ -154,9 +148,6 @@ def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weigh
 def _fit(config: TrainConfig, spec: RayRunSpec, address: str | None, weights):
     import ray.train
 
-    from .cluster import ensure_ray
-    from .weights import share_checkpoints
-
     ensure_ray(address)
     spec = spec.resolved()
     config = with_log_dir(config, spec)
@@ -176,8 +167,6 @@ def launch(loop, loop_config: dict, scaling_config, name: str, storage: str, *, 
     on TorchTrainer workers, with our logging and a Ctrl-C that stops at once. Rerunning
     a name in the same storage resumes from its latest checkpoint. Returns Ray's Result."""
     import ray.train
-
-    from .cluster import train_logging_config
 
     trainer = _interruptible_trainer_class()(
         loop, train_loop_config=loop_config, scaling_config=scaling_config,

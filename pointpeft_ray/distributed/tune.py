@@ -20,12 +20,16 @@ from typing import TYPE_CHECKING, Optional
 
 from ..configuration import check_name
 from ..engine.config import TrainConfig
+from ..engine.context import TuneTrialContext
+from ..engine.loop import prepare_run, train
 from ..errors import ConfigError
 from ..folder_lock import exclusive_folder
 from ..logs import quiet
 from ..results.storage import check_storage_path, is_uri
 from ..search.space import SearchSpace
 from .cluster import ensure_ray, verbose
+from .train import _worker_loop, launch, worker_logging
+from .weights import share_checkpoints, shared_tensors
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
     from .recorder import SearchOutcome
@@ -82,9 +86,7 @@ def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: st
             callbacks: tuple, repair: bool) -> SearchOutcome:
     import ray.tune
 
-    from ..engine.loop import prepare_run
     from .recorder import SearchRecorder
-    from .weights import share_checkpoints
 
     recorder = SearchRecorder(spec.experiment_dir(), space, base.replace(eval_every=1, run_dir=None))
     if repair:
@@ -233,11 +235,6 @@ def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, w
 
 
 def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
-    from ..engine.context import TuneTrialContext
-    from ..engine.loop import train
-    from .train import worker_logging
-    from .weights import shared_tensors
-
     worker_logging()
     with quiet():  # one trial among many: the search's progress line speaks for it
         train(config, context=TuneTrialContext(), pretrained=shared_tensors(weights_ref))
@@ -249,8 +246,6 @@ def _train_with_workers(config: TrainConfig, workers: int, worker_resources: dic
     import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from .train import _worker_loop, launch
 
     context = ray.tune.get_context()
     resources = {k: v for k, v in worker_resources.items() if v}

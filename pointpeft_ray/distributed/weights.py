@@ -16,13 +16,12 @@ import numpy as np
 import torch
 
 from ..engine.config import TrainConfig
+from ..models.checkpoint import read_state_dict
 
 
 def share_checkpoints(configs: Iterable[TrainConfig]) -> dict[str, object]:
     """An ObjectRef per distinct model.checkpoint among `configs` (read once each)."""
     import ray
-
-    from ..models.checkpoint import read_state_dict
 
     shared: dict[str, object] = {}
     for config in configs:

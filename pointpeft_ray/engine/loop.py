@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.cache import default_cache_dir
+from ..data.loader import BatchLoader
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..data.transforms import Voting
 from ..errors import PointPEFTError
@@ -236,9 +238,6 @@ def export_model(model, directory: Path) -> None:
 
 def attach_cached_memory_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig) -> MemoryBank:
     """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
-    from ..data.cache import default_cache_dir
-    from ..data.loader import BatchLoader
-
     loader = BatchLoader(train_data, 64, num_points=spec.num_points if train_data.points_per_sample > spec.num_points
                          else None, subsample="first")
     cache_dir = Path(config.data.cache_dir or default_cache_dir()) / "memory_banks"

@@ -3,6 +3,7 @@ the Ray Jobs API (jobs/submission.py; jobs/README.md, "Submitting to a cluster")
 from __future__ import annotations
 
 import sys
+from . import submission
 
 ADDRESS_HELP = ("the Ray dashboard's address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
                 "else RAY_ADDRESS, else http://127.0.0.1:8265); with token auth set RAY_AUTH_MODE=token")
@@ -51,8 +52,6 @@ def _write(chunk: str) -> None:
 
 
 def _run_submit(args) -> int:
-    from . import submission
-
     plan = submission.plan_submission(args.job, working_dir=args.working_dir, submission_id=args.submission_id,
                                       excludes=args.exclude)
     print(plan.describe(), flush=True)
@@ -88,16 +87,12 @@ def _run_submit(args) -> int:
 
 
 def _run_status(args) -> int:
-    from . import submission
-
     client = submission.connect(args.address)
     print(submission.format_status(submission.job_info(client, args.submission_id)))
     return 0
 
 
 def _run_logs(args) -> int:
-    from . import submission
-
     client = submission.connect(args.address)
     if not args.follow:
         _write(submission.job_logs(client, args.submission_id))
@@ -112,8 +107,6 @@ def _run_logs(args) -> int:
 
 
 def _run_stop(args) -> int:
-    from . import submission
-
     client = submission.connect(args.address)
     info = submission.stop_job(client, args.submission_id)
     print(submission.format_status(info))

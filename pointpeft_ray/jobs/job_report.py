@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from ..atomic import atomic_write_text
+from ..results.plots import new_figure, save_png
+from ..results.search_report import build_report, format_report
 
 if TYPE_CHECKING:
     from .spec import JobSpec
@@ -93,8 +95,6 @@ def format_tasks(rows: Sequence[Mapping]) -> str:
 
 def comparison_png(rows: Sequence[Mapping], path: Path) -> Optional[Path]:
     """Grouped bars: accuracy per task, one bar per variant."""
-    from ..results.plots import new_figure, save_png
-
     table = comparison_rows(rows)
     variants = [v for v in VARIANT_ORDER if any(_accuracy(t.get(v)) is not None for t in table.values())]
     if not variants:
@@ -113,8 +113,6 @@ def comparison_png(rows: Sequence[Mapping], path: Path) -> Optional[Path]:
 
 
 def _search_report(tune_dir: Path, plots_dir: Path) -> str:
-    from ..results.search_report import build_report, format_report
-
     return format_report(build_report(tune_dir, top=5, plots_dir=plots_dir), show_best_config=False)
 
 

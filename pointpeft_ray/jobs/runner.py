@@ -32,12 +32,20 @@ from typing import Optional
 import yaml
 
 from ..atomic import atomic_write_text
-from ..folder_lock import exclusive_folder
+from ..data.cache import default_cache_dir
+from ..distributed.cluster import ensure_ray
+from ..distributed.multitask import TASKS_FILE, TaskRun, run_tasks
+from ..distributed.pretrain import fit_pretrain
+from ..distributed.train import RayRunSpec
+from ..distributed.tune import run_search
 from ..errors import PointPEFTError, ResultsError
+from ..folder_lock import exclusive_folder
+from ..pretrain.cache import ensure_pretrained, weights_key
 from ..results.best_config import best_trial
 from ..results.search_report import EXPECTED_FILES as SEARCH_FILES
 from ..results.storage import download_file, download_folder, exists_at, is_uri, upload
 from ..results.tables import EPOCHS_FILE, TRIALS_FILE, read_trials
+from ..serving.adapter_bank import entries_from_task_rows, write_adapter_bank
 from .job_report import JobOutcome, write_job_report
 from .spec import STAGES, JobSpec, PlannedRun
 
@@ -57,8 +65,6 @@ def run_job(job: JobSpec, address: str | None = None) -> JobOutcome:
 
 
 def _run_job(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None) -> JobOutcome:
-    from ..distributed.cluster import ensure_ray
-
     start = time.perf_counter()
     ensure_ray(address)
     if remote and exists_at(remote):
@@ -116,8 +122,6 @@ def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: O
 
 def job_folders(job: JobSpec) -> tuple[Path, Optional[str]]:
     """(the folder the job works in, the storage URI its results go to, or None)."""
-    from ..data.cache import default_cache_dir
-
     storage = job.job_storage()
     if not is_uri(storage):
         return Path(storage), None
@@ -149,10 +153,6 @@ def _timed(outcome: JobOutcome, stage: str, function, *args):
 # --- stages ---
 
 def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None) -> Path:
-    from ..distributed.pretrain import fit_pretrain
-    from ..distributed.train import RayRunSpec
-    from ..pretrain.cache import ensure_pretrained, weights_key
-
     resources = job.pretrain_resources()
     config = job.pretrain_config()
     # One worker takes a whole node's CPUs (RayRunSpec.resolved). The run is named by the
@@ -167,8 +167,6 @@ def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str |
 def _tune(job: JobSpec, job_dir: Path, address: str | None) -> dict:
     """The search (resumed when this job ran it before); returns its best trial's row."""
     from ray.tune import Tuner
-
-    from ..distributed.tune import run_search
 
     spec = job.search_spec("tune")
     resume = Tuner.can_restore(spec.experiment_dir())
@@ -189,8 +187,6 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None) -> dict:
 
 def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Path, remote: Optional[str],
                address: str | None) -> list[dict]:
-    from ..distributed.multitask import TASKS_FILE, TaskRun, run_tasks
-
     runs = [TaskRun(run.label, run.config, cpus=run.resources.cpus, gpus=run.resources.gpus,
                     workers=run.resources.workers, variant=run.variant) for run in planned]
     logger.info(f"[{stage}] {len(runs)} run(s): {', '.join(run.label for run in runs)}")
@@ -211,8 +207,6 @@ def _fine_tune(job: JobSpec, planned: list[PlannedRun], stage: str, job_dir: Pat
 
 def _write_adapter_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
     """Every completed PEFT run's adapter, in one bank for `pointpeft-ray predict`."""
-    from ..serving.adapter_bank import entries_from_task_rows, write_adapter_bank
-
     entries = entries_from_task_rows(row for rows in outcome.task_rows.values() for row in rows)
     if not entries:
         return None

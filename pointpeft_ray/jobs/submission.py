@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, PointPEFTError
+from ..results.storage import is_uri
 if TYPE_CHECKING:  # the spec loads torch; status, logs and stop need neither
     from .spec import JobSpec
 
@@ -165,8 +166,6 @@ def _working_dir(job: JobSpec, job_file: Path, given: str | Path | None) -> Path
 def _storage_exclude(job: JobSpec, folder: Path) -> list[str]:
     """The job's storage folder when it is local and inside the working dir: old results
     are not uploaded (a relative storage is relative to where the job runs)."""
-    from ..results.storage import is_uri  # pyarrow: not at the top, which `status` loads
-
     if is_uri(job.storage):
         return []
     storage = Path(job.storage).expanduser()

@@ -39,7 +39,19 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_directory, atomic_file, atomic_write_text
+from ..data.formats.class_names import MODELNET40_CLASSES, SCANOBJECTNN_CLASSES
+from ..data.synthetic import CLASS_NAMES
+from ..data.tasks import get_task, load_task_split
+from ..data.transforms import Voting
+from ..engine.build import resolve_device
+from ..engine.config import TrainConfig
+from ..engine.loop import voted_logits
 from ..errors import CheckpointError, DataFormatError, PointPEFTError
+from ..models.backbone import BackboneConfig, PointMAEBackbone
+from ..models.checkpoint import fingerprint_tensors, load_checkpoint
+from ..models.peft.adapter_io import BANK_NAME, CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
+from ..models.peft.config import PointPEFTConfig
+from ..models.peft.model import PointPEFTModel, trainable_backbone_names
 
 INDEX_NAME = "index.json"
 ADAPTERS_DIR = "adapters"
@@ -156,10 +168,6 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
 
 
 def _prepare_entry(entry: BankEntry) -> dict:
-    from ..data.tasks import get_task
-    from ..models.peft.adapter_io import BANK_NAME, WEIGHTS_NAME, read_adapter_config
-    from ..models.peft.config import PointPEFTConfig
-
     name = _check_name(entry.name)
     where = f"entry {name!r}"
     source = Path(entry.adapter_dir).expanduser()
@@ -204,8 +212,6 @@ def _prepare_entry(entry: BankEntry) -> dict:
 
 
 def _train_config(config: Any, where: str):
-    from ..engine.config import TrainConfig
-
     if isinstance(config, TrainConfig):
         return config
     if isinstance(config, (str, bytes)):
@@ -233,9 +239,6 @@ def _slug(name: str) -> str:
 
 def _fixed_class_names(spec) -> list[str] | None:
     """Class names the task fixes whatever the data (None where they come from the data)."""
-    from ..data.formats.class_names import MODELNET40_CLASSES, SCANOBJECTNN_CLASSES
-    from ..data.synthetic import CLASS_NAMES
-
     fixed = {"synthetic": CLASS_NAMES, "scanobjectnn": SCANOBJECTNN_CLASSES,
              "modelnet40": MODELNET40_CLASSES, "modelnet40_h5": MODELNET40_CLASSES}
     names = fixed.get(spec.family)
@@ -268,8 +271,6 @@ def _one_backbone(directory: Path, backbones: dict[str, dict]) -> dict:
 
 
 def _copy_adapter(source: Path, target: Path) -> None:
-    from ..models.peft.adapter_io import BANK_NAME, CONFIG_NAME, WEIGHTS_NAME
-
     with atomic_directory(target) as staging:
         for name in (CONFIG_NAME, WEIGHTS_NAME, BANK_NAME):
             if (source / name).is_file():
@@ -368,19 +369,12 @@ def _key(mapping: dict, key: str, kind: type, path: Path, prefix: str):
 
 def backbone_fingerprint(backbone) -> str:
     """The fingerprint PointPEFTModel gives this backbone: its tensors but the tunable ones."""
-    from ..models.checkpoint import fingerprint_tensors
-    from ..models.peft.config import PointPEFTConfig
-    from ..models.peft.model import trainable_backbone_names
-
     tunable = set(trainable_backbone_names(backbone, PointPEFTConfig()))
     return fingerprint_tensors((k, v) for k, v in backbone.state_dict().items() if k not in tunable)
 
 
 def _build_backbone(section: dict, where: str):
     """The frozen backbone of a bank section, on the CPU, its fingerprint checked."""
-    from ..models.backbone import BackboneConfig, PointMAEBackbone
-    from ..models.checkpoint import load_checkpoint
-
     config = BackboneConfig.from_dict(section["config"], where=f"{where}: backbone.config")
     checkpoint = section.get("checkpoint")
     # Building draws from torch's RNG: keep the caller's stream as it was.
@@ -416,8 +410,6 @@ class AdapterBank:
     """
 
     def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
-        from ..engine.build import resolve_device
-
         self.directory = Path(directory)
         self.index_path = self.directory / INDEX_NAME
         self.index = read_bank_index(self.directory)
@@ -471,8 +463,6 @@ class AdapterBank:
     # ---- models --------------------------------------------------------------
     def model_for(self, name: str):
         """The entry's PointPEFTModel in eval mode, active on the shared backbone."""
-        from ..models.peft.model import PointPEFTModel
-
         record = self.entry(name)
         if name not in self._models:
             folder = self.directory / record["adapter"]
@@ -552,9 +542,6 @@ class AdapterBank:
         """Classify clouds with entry `name`. Defaults repeat the run's evaluation: its batch
         size, its test-time voting views (made as its recipe makes them, averaged) and seed.
         `longer`: how clouds longer than the task's point count are reduced (preprocess)."""
-        from ..data.transforms import Voting
-        from ..engine.loop import voted_logits
-
         record = self.entry(name)
         batch_size = batch_size or record["eval_batch_size"]
         views = views or record["voting_views"]
@@ -574,9 +561,6 @@ class AdapterBank:
 
     def load_test_split(self, name: str):
         """The entry's own test split, read (or prepared) with its run's data settings."""
-        from ..data.tasks import get_task, load_task_split
-        from ..engine.config import TrainConfig
-
         record = self.entry(name)
         if not isinstance(record.get("config"), dict):
             raise AdapterBankError(f"{self.index_path}: entry {name!r} has no run config to find its test split")

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from ...progress import progress_bar
 from ..split import PointSplit
 from .classes import BUILDERS, CLASS_NAMES
 from .primitives import yaw
@@ -70,8 +71,6 @@ def make_split(variant: str, split: str, samples_per_class: int | None = None, n
 
 
 def _progress(jobs, enabled, desc):
-    from ...progress import progress_bar
-
     return progress_bar(jobs, enabled, desc=desc, unit="obj", leave=False)
 
 

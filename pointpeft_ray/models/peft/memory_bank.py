@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from ...arrow_io import column_numpy, fixed_size_list, write_ipc_atomic
 from ...errors import MemoryBankError
+from ...progress import progress_bar
 from ..ops import farthest_point_sample
 
 MEMORY_BANK_FORMAT_VERSION = 1
@@ -155,8 +156,6 @@ def _compute_bank(feature_fn: FeatureFn, batches: Iterable, key: dict, device, p
 
 
 def _progress(batches: Iterable, enabled: bool):
-    from ...progress import progress_bar
-
     total = len(batches) if hasattr(batches, "__len__") else None
     return progress_bar(batches, enabled, total=total, desc="memory bank", unit="batch", leave=False)
 
