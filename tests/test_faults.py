@@ -243,6 +243,19 @@ def test_a_search_or_job_on_a_folder_in_use_refuses_before_writing_anything(tmp_
     assert sorted(os.listdir(tmp_path / "runs" / "busy")) == [".pointpeft-writer.lock"]
 
 
+def test_a_job_whose_search_folder_has_tables_but_no_tune_state_says_what_to_do(tmp_path):
+    from pointpeft_ray.errors import PointPEFTError
+    from pointpeft_ray.jobs.runner import _tune
+    from pointpeft_ray.jobs.spec import JobSpec
+
+    job = JobSpec.from_yaml(ROOT / "jobs" / "quickstart.yaml").replace(name="cut", storage=str(tmp_path / "runs"))
+    search_dir = tmp_path / "runs" / "cut" / "tune"
+    write_table_atomic(trials_table(records(), SearchSpace.from_yaml(CPU_DEMO)), search_dir / "trials.parquet")
+    with pytest.raises(PointPEFTError, match="holds a search's tables but no Ray Tune state.*move that folder aside"):
+        _tune(job, tmp_path / "runs" / "cut", None)
+    assert sorted(os.listdir(search_dir)) == ["trials.parquet"]
+
+
 def test_two_train_commands_on_one_run_name_the_second_refuses(tmp_path):
     config = _tiny_train_yaml(tmp_path, epochs=40)
     command = [sys.executable, "-m", "pointpeft_ray.cli", "train", str(config), "--in-process",

@@ -172,6 +172,11 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None) -> dict:
     resume = Tuner.can_restore(spec.experiment_dir())
     if resume:
         logger.info(f"[tune] resuming the search in {spec.experiment_dir()}")
+    elif exists_at(f"{spec.experiment_dir().rstrip('/')}/{TRIALS_FILE}"):
+        # A rerun resumes by itself; tables without Tune's state cannot be continued.
+        raise PointPEFTError(f"tune: {spec.experiment_dir()} holds a search's tables but no Ray Tune state to "
+                             "resume it from (cut short before Tune saved it, or copied without it); move that "
+                             "folder aside to search again (nothing was changed)")
     outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume)
     trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/{TRIALS_FILE}").to_pylist()  # may be a URI
     try:
