@@ -28,7 +28,10 @@ def configure(ray_process: bool = False) -> None:
     for handler in [h for h in logger.handlers if isinstance(h, ConsoleHandler)]:
         logger.removeHandler(handler)
     logger.addHandler(ConsoleHandler())
-    logger.setLevel(os.environ.get(LEVEL_ENV, "INFO").upper())
+    level = os.environ.get(LEVEL_ENV, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"{LEVEL_ENV}={level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    logger.setLevel(level)
     logger.propagate = not ray_process
 
 

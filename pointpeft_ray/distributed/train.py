@@ -98,7 +98,6 @@ def _worker_loop(loop_config: dict) -> None:
     import ray
 
     worker_logging()
-
     config = TrainConfig.from_dict(loop_config["config"])
     bank_ref = loop_config.get("bank")
     bank = ray.get(bank_ref) if bank_ref is not None else None

@@ -190,7 +190,6 @@ def _epoch_loop(context, model, optimizer, config: TrainConfig, result: RunResul
     state = loop.restore()
     if state:
         result.best_accuracy, result.best_epoch = state["best_accuracy"], state["best_epoch"]
-        result.history = loop.history
         logger.info(f"[resume] from epoch {state['epochs_done']} (best {result.best_accuracy:.2f} at "
                     f"{result.best_epoch})")
     return loop
