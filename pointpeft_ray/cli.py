@@ -89,8 +89,8 @@ def _load_splits(args) -> dict:
     from .configuration import parse_key_values
     from .data.tasks import get_task, load_task_split
 
-    spec = get_task(args.task).with_options(**parse_key_values(args.option, "--option"))
-    return {split: load_task_split(spec, split, args.root, args.cache_dir, args.allow_pickle) for split in spec.splits}
+    task = get_task(args.task).with_options(**parse_key_values(args.option, "--option"))
+    return {split: load_task_split(task, split, args.root, args.cache_dir, args.allow_pickle) for split in task.splits}
 
 
 def _run_data_prepare(args) -> int:
@@ -158,7 +158,7 @@ def _check_name_flag(args) -> None:
 
 
 def _run_train(args) -> int:
-    from .distributed.train import RayRunSpec
+    from .distributed.train import RayRunSettings
     from .engine.config import TrainConfig
 
     _check_name_flag(args)
@@ -167,13 +167,16 @@ def _run_train(args) -> int:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
     if args.compile:
         config = config.replace(compile=True)
-    spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
-                      cpus_per_worker=args.cpus_per_worker, name=args.name or name_from_path(args.config),
-                      storage_path=args.storage, max_failures=args.max_failures)
+    settings = RayRunSettings(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
+                              cpus_per_worker=args.cpus_per_worker, name=args.name or name_from_path(args.config),
+                              storage_path=args.storage, max_failures=args.max_failures)
     try:
-        summary = _train_in_process(config, spec) if args.in_process else _train_on_ray(config, spec, args.address)
+        if args.in_process:
+            summary = _train_in_process(config, settings)
+        else:
+            summary = _train_on_ray(config, settings, args.address)
     except KeyboardInterrupt:
-        print(f"pointpeft-ray: interrupted; rerun the same command to resume run {spec.name!r} "
+        print(f"pointpeft-ray: interrupted; rerun the same command to resume run {settings.name!r} "
               "from its last checkpoint", file=sys.stderr)
         return 130
     print(summary.format())
@@ -182,29 +185,29 @@ def _run_train(args) -> int:
     return 0
 
 
-def _train_in_process(config, spec):
+def _train_in_process(config, settings):
     from .engine.loop import train
     from .engine.summary import RunSummary, format_epoch
 
-    run_dir = config.run_dir or (str(spec.local_run_dir()) if spec.local_run_dir() else None)
+    run_dir = config.run_dir or (str(settings.local_run_dir()) if settings.local_run_dir() else None)
     config = config.replace(run_dir=run_dir)
-    with exclusive_folder(run_dir, f"run {spec.name!r}"):
+    with exclusive_folder(run_dir, f"run {settings.name!r}"):
         result = train(config, report=lambda metrics: logger.info(format_epoch(metrics)))
     return RunSummary.from_run_result(result, run_dir, config.tensorboard_dir())
 
 
-def _train_on_ray(config, spec, address):
+def _train_on_ray(config, settings, address):
     import time
 
     from .distributed.train import best_checkpoint, fit, with_log_dir
     from .engine.summary import RunSummary
 
     start = time.perf_counter()
-    result = fit(config, spec, address)
+    result = fit(config, settings, address)
     if result.error is not None:
         raise PointPEFTError(f"training failed: {result.error}")
     return RunSummary.from_ray_result(result, best_checkpoint(result), time.perf_counter() - start,
-                                      with_log_dir(config, spec).log_dir)
+                                      with_log_dir(config, settings).log_dir)
 
 
 def _add_pretrain(commands) -> None:
@@ -246,12 +249,12 @@ def _run_pretrain(args) -> int:
             result = pretrain(config)
     else:
         from .distributed.pretrain import fit_pretrain
-        from .distributed.train import RayRunSpec
+        from .distributed.train import RayRunSettings
 
-        spec = RayRunSpec(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
-                          cpus_per_worker=args.cpus_per_worker, name=name,
-                          storage_path=args.storage, max_failures=args.max_failures)
-        result = fit_pretrain(config, spec, args.address)
+        settings = RayRunSettings(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
+                                  cpus_per_worker=args.cpus_per_worker, name=name,
+                                  storage_path=args.storage, max_failures=args.max_failures)
+        result = fit_pretrain(config, settings, args.address)
     loss = "n/a (no epoch left to run)" if result.final_loss is None else f"{result.final_loss:.5f}"
     print(f"pre-training done: final chamfer-l2 {loss} after {result.epochs} epochs; "
           f"wall {result.wall_seconds:.1f}s; checkpoint: {result.checkpoint}")
@@ -337,7 +340,7 @@ def _add_tune(commands) -> None:
 def _run_tune(args) -> int:
     from dataclasses import asdict
 
-    from .distributed.tune import SearchSpec, run_search
+    from .distributed.tune import SearchSettings, run_search
     from .engine.config import TrainConfig
     from .search.space import SearchSpace
 
@@ -346,12 +349,13 @@ def _run_tune(args) -> int:
     if args.epochs is not None:
         base = base.replace(optim=base.optim.replace(epochs=args.epochs).model_dump())
     space = SearchSpace.from_yaml(args.space)
-    spec = SearchSpec(samples=args.samples, name=args.name or name_from_path(args.space), storage_path=args.storage,
-                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                      workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, seed=args.seed,
-                      asha=not args.no_asha, grace_period=args.grace_period, multi_objective=args.multi_objective)
+    settings = SearchSettings(samples=args.samples, name=args.name or name_from_path(args.space),
+                              storage_path=args.storage, cpus_per_trial=args.cpus_per_trial,
+                              gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
+                              max_concurrent=args.max_concurrent, seed=args.seed, asha=not args.no_asha,
+                              grace_period=args.grace_period, multi_objective=args.multi_objective)
     try:
-        outcome = run_search(base, space, spec, args.address, resume=args.resume, repair=args.repair)
+        outcome = run_search(base, space, settings, args.address, resume=args.resume, repair=args.repair)
     except KeyboardInterrupt:
         print("pointpeft-ray: interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

@@ -79,8 +79,8 @@ def _cli(capsys, *argv):
 def _test_split(trained, label):
     root, checkpoint, _ = trained
     config = _config(root, TASKS[label], checkpoint)
-    spec = get_task(config.data.task).with_options(**config.data.options)
-    return load_task_split(spec, "test", None, config.data.cache_dir, progress=False)
+    task = get_task(config.data.task).with_options(**config.data.options)
+    return load_task_split(task, "test", None, config.data.cache_dir, progress=False)
 
 
 def test_predicting_the_test_split_gives_the_recorded_accuracy(trained, bank, tmp_path, capsys):

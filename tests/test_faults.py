@@ -228,7 +228,7 @@ def test_a_folder_held_by_another_process_is_refused_until_that_process_dies(tmp
 
 
 def test_a_search_or_job_on_a_folder_in_use_refuses_before_writing_anything(tmp_path, held_folder):
-    from pointpeft_ray.distributed.tune import SearchSpec, run_search
+    from pointpeft_ray.distributed.tune import SearchSettings, run_search
     from pointpeft_ray.engine.config import TrainConfig
     from pointpeft_ray.jobs.runner import run_job
     from pointpeft_ray.jobs.spec import JobSpec
@@ -236,7 +236,8 @@ def test_a_search_or_job_on_a_folder_in_use_refuses_before_writing_anything(tmp_
     held_folder(tmp_path / "runs" / "busy")
     base = TrainConfig.from_yaml(_tiny_train_yaml(tmp_path, epochs=1))
     with pytest.raises(FolderInUseError, match="search 'busy' is being written by another process"):
-        run_search(base, SearchSpace.from_yaml(CPU_DEMO), SearchSpec(name="busy", storage_path=str(tmp_path / "runs")))
+        settings = SearchSettings(name="busy", storage_path=str(tmp_path / "runs"))
+        run_search(base, SearchSpace.from_yaml(CPU_DEMO), settings)
     job = JobSpec.from_yaml(ROOT / "jobs" / "quickstart.yaml").replace(name="busy", storage=str(tmp_path / "runs"))
     with pytest.raises(FolderInUseError, match="job 'busy' is being written by another process"):
         run_job(job)
@@ -295,18 +296,18 @@ def _trial_processes() -> list[psutil.Process]:
 
 
 def test_a_killed_trial_process_is_retried_from_its_checkpoint_and_nothing_is_counted_twice(local_ray, tmp_path):
-    from pointpeft_ray.distributed.tune import SearchSpec, run_search
+    from pointpeft_ray.distributed.tune import SearchSettings, run_search
     from pointpeft_ray.engine.config import TrainConfig
 
     base = TrainConfig.from_yaml(_tiny_train_yaml(tmp_path, epochs=4))
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump({"parameters": {
         "optim.lr": {"type": "float", "low": 5.0e-4, "high": 5.0e-3, "log": True}}}))
-    spec = SearchSpec(samples=2, name="killed-trial", storage_path=str(tmp_path / "runs"), asha=False,
-                      max_concurrent=1, max_failures=1)
+    settings = SearchSettings(samples=2, name="killed-trial", storage_path=str(tmp_path / "runs"), asha=False,
+                              max_concurrent=1, max_failures=1)
     outcome = {}
     search = threading.Thread(target=lambda: outcome.setdefault(
-        "result", run_search(base, SearchSpace.from_yaml(space_file), spec)))
+        "result", run_search(base, SearchSpace.from_yaml(space_file), settings)))
     search.start()
     experiment = tmp_path / "runs" / "killed-trial"
     deadline, killed = time.time() + 240, []

@@ -169,7 +169,7 @@ def test_multitask_labels_are_unique(tmp_path):
 @pytest.mark.parametrize("gpus", [0, 0.25, 1, 2])
 def test_gpus_may_be_a_fraction_or_whole(tmp_path, gpus):
     spec = JobSpec.from_yaml(write_job(tmp_path, changed(tune={**JOB["tune"], "gpus_per_trial": gpus})))
-    assert spec.search_spec().gpus_per_trial == gpus
+    assert spec.search_settings().gpus_per_trial == gpus
 
 
 def test_gpus_beyond_one_must_be_whole(tmp_path):
@@ -254,7 +254,7 @@ def test_search_spec_carries_the_tune_section(tmp_path):
             "gpus_per_trial": 0.5, "workers_per_trial": 2, "max_concurrent": 3, "asha": False, "grace_period": 2,
             "multi_objective": True, "max_failures": 0, "seed": 11}
     spec = JobSpec.from_yaml(write_job(tmp_path, changed(tune=tune, storage=str(tmp_path / "out")), "search.yaml"))
-    search = spec.search_spec("trials")
+    search = spec.search_settings("trials")
     assert (search.samples, search.cpus_per_trial, search.gpus_per_trial, search.workers_per_trial) == (7, 2, 0.5, 2)
     assert (search.max_concurrent, search.asha, search.grace_period, search.seed) == (3, False, 2, 11)
     assert (search.multi_objective, search.max_failures) == (True, 0)
@@ -265,7 +265,7 @@ def test_search_spec_carries_the_tune_section(tmp_path):
 def test_search_spec_defaults_come_from_resources_and_the_job(tmp_path):
     raw = changed(seed=5, resources={"cpus": 2, "gpus": 0.25, "workers": 2, "max_concurrent": 4},
                   storage="s3://bucket/runs/")
-    search = JobSpec.from_yaml(write_job(tmp_path, raw)).search_spec()
+    search = JobSpec.from_yaml(write_job(tmp_path, raw)).search_settings()
     assert (search.cpus_per_trial, search.gpus_per_trial, search.workers_per_trial) == (2, 0.25, 2)
     assert (search.max_concurrent, search.seed, search.name) == (4, 5, "tune")
     assert search.storage_path == "s3://bucket/runs/job"

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import torch
 
-from pointpeft_ray.distributed.train import RayRunSpec, best_checkpoint, fit
+from pointpeft_ray.distributed.train import RayRunSettings, best_checkpoint, fit
 from pointpeft_ray.engine.config import TrainConfig
 from pointpeft_ray.engine.loop import ADAPTER_DIR
 from tests.test_tasks import write_scanobjectnn
@@ -25,8 +25,8 @@ def test_ray_train_runs_checkpoints_and_resumes_by_name(local_ray, tmp_path):
     raw = {"mode": "peft", "model": {"preset": "tiny"},
            "data": {"task": "scanobjectnn/obj_bg", "root": str(root), "cache_dir": str(tmp_path / "cache")},
            "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8}}
-    spec = RayRunSpec(workers=1, storage_path=str(tmp_path / "ray"), name="tiny-peft")
-    result = fit(TrainConfig.from_dict(raw), spec)
+    settings = RayRunSettings(workers=1, storage_path=str(tmp_path / "ray"), name="tiny-peft")
+    result = fit(TrainConfig.from_dict(raw), settings)
     assert result.error is None and result.metrics["epoch"] == 2
     assert 0 <= result.metrics["val_accuracy"] <= 100 and len(result.metrics["val_per_class_accuracy"]) == 15
     state = _state(result.checkpoint)
@@ -38,7 +38,7 @@ def test_ray_train_runs_checkpoints_and_resumes_by_name(local_ray, tmp_path):
     assert list((tmp_path / "ray" / "tiny-peft" / "tensorboard").glob("events.out.tfevents.*"))
     # the same run name with more epochs continues from the checkpoint
     raw["optim"]["epochs"] = 3
-    again = fit(TrainConfig.from_dict(raw), spec)
+    again = fit(TrainConfig.from_dict(raw), settings)
     assert again.error is None and again.metrics["epoch"] == 3
     assert [h["epoch"] for h in _state(again.checkpoint)["history"]] == [1, 2, 3]
 
@@ -74,8 +74,8 @@ def test_two_ddp_workers_match_one_worker(local_ray, tiny_pretrained, tmp_path):
     """optim.batch_size is global: 2 workers x 8 follow the same path as 1 x 16, up to
     augmentation draws and head batch-norm statistics."""
     config = _synthetic_config(tiny_pretrained, epochs=8)
-    one = fit(config, RayRunSpec(workers=1, storage_path=str(tmp_path / "ray"), name="one"))
-    two = fit(config, RayRunSpec(workers=2, storage_path=str(tmp_path / "ray"), name="two"))
+    one = fit(config, RayRunSettings(workers=1, storage_path=str(tmp_path / "ray"), name="one"))
+    two = fit(config, RayRunSettings(workers=2, storage_path=str(tmp_path / "ray"), name="two"))
     assert one.error is None and two.error is None
     chance = 100 / 15
     for result in (one, two):
@@ -100,9 +100,9 @@ def _cmdline(process: psutil.Process) -> list[str]:
 
 def test_killed_worker_resumes_from_last_checkpoint_and_finishes(local_ray, tiny_pretrained, tmp_path):
     config = _synthetic_config(tiny_pretrained, epochs=4)
-    spec = RayRunSpec(workers=1, storage_path=str(tmp_path / "ray"), name="killed", max_failures=1)
+    settings = RayRunSettings(workers=1, storage_path=str(tmp_path / "ray"), name="killed", max_failures=1)
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("result", fit(config, spec)))
+    runner = threading.Thread(target=lambda: outcome.setdefault("result", fit(config, settings)))
     runner.start()
     run_dir = tmp_path / "ray" / "killed"
     deadline = time.time() + 240

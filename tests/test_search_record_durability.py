@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from pointpeft_ray.configuration import check_name, name_from_path
-from pointpeft_ray.distributed.train import RayRunSpec
-from pointpeft_ray.distributed.tune import SearchSpec, run_search
+from pointpeft_ray.distributed.train import RayRunSettings
+from pointpeft_ray.distributed.tune import SearchSettings, run_search
 from pointpeft_ray.errors import ConfigError, DamagedRecordError
 from pointpeft_ray.folder_lock import LOCK_FILE
 from tests.conftest import logged
@@ -22,9 +22,10 @@ from tests.test_tune import _base, _space
 def finished_search(local_ray, tmp_path_factory):
     """One finished 3-trial search (one trial fails by design), copied per test."""
     tmp = tmp_path_factory.mktemp("search")
-    spec = SearchSpec(samples=3, name="search", storage_path=str(tmp / "runs"), seed=1, max_failures=0, asha=False)
+    settings = SearchSettings(samples=3, name="search", storage_path=str(tmp / "runs"), seed=1, max_failures=0,
+                              asha=False)
     with logged() as lines:
-        outcome = run_search(_base(tmp), _space(tmp), spec)
+        outcome = run_search(_base(tmp), _space(tmp), settings)
     # live progress: a line per ended trial, the last one with every trial counted
     assert [line for line in lines if line.startswith("[tune] 3/3 trials done (2 completed, 1 failed)")], lines
     folder = Path(outcome.experiment_dir)
@@ -35,8 +36,8 @@ def _copy(finished, tmp_path):
     source_tmp, folder, trials, epochs = finished
     storage = tmp_path / "runs"
     shutil.copytree(folder, storage / "search")
-    spec = SearchSpec(samples=3, name="search", storage_path=str(storage), seed=1, max_failures=0, asha=False)
-    return spec, storage / "search", _base(source_tmp), _space(source_tmp), trials, epochs
+    settings = SearchSettings(samples=3, name="search", storage_path=str(storage), seed=1, max_failures=0, asha=False)
+    return settings, storage / "search", _base(source_tmp), _space(source_tmp), trials, epochs
 
 
 def _sorted(frame, keys):
@@ -45,17 +46,17 @@ def _sorted(frame, keys):
 
 @pytest.mark.parametrize("damaged", ["trials.parquet", "epochs.parquet"])
 def test_a_damaged_table_stops_the_resume_and_repair_rebuilds_it(finished_search, tmp_path, damaged):
-    spec, folder, base, space, trials, epochs = _copy(finished_search, tmp_path)
+    settings, folder, base, space, trials, epochs = _copy(finished_search, tmp_path)
     table = folder / damaged
     table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])  # truncated mid-write
     before = {p.name: p.read_bytes() for p in folder.glob("*.parquet")}
 
     with pytest.raises(DamagedRecordError, match=rf"{damaged}.*left as it is.*--repair"):
-        run_search(base, space, spec, resume=True)
+        run_search(base, space, settings, resume=True)
     assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} == before  # nothing rewritten
 
     with logged() as messages:
-        outcome = run_search(base, space, spec, repair=True)
+        outcome = run_search(base, space, settings, repair=True)
     assert any(m.startswith("[repair] 3 trials") for m in messages), messages
     kept = list(folder.glob(f"{damaged}.damaged-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == before[damaged]  # the damaged file is kept
@@ -71,17 +72,17 @@ def test_a_damaged_table_stops_the_resume_and_repair_rebuilds_it(finished_search
     assert len(failed) == 1 and failed.error.str.contains("top_k").all()
 
     # after the repair the search resumes (finished: nothing runs again) and keeps every row
-    again = run_search(base, space, spec, resume=True)
+    again = run_search(base, space, settings, resume=True)
     assert again.trials == 3 and len(pd.read_parquet(folder / "epochs.parquet")) == len(epochs)
 
 
 def test_a_rerun_without_resume_refuses_to_merge_into_an_existing_search(finished_search, tmp_path):
-    spec, folder, base, space, _, _ = _copy(finished_search, tmp_path)
+    settings, folder, base, space, _, _ = _copy(finished_search, tmp_path)
     def results():  # every file but the writer lock's note of who last held the folder
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_FILE}
     before = results()
     with pytest.raises(ConfigError, match="already holds a search named 'search': continue it with --resume"):
-        run_search(base, space, spec)
+        run_search(base, space, settings)
     assert results() == before
 
 
@@ -90,9 +91,9 @@ def test_names_that_would_leave_the_storage_folder_are_refused(name):
     with pytest.raises(ConfigError, match="becomes a folder under the storage path"):
         check_name(name)
     with pytest.raises(ConfigError, match="run name"):
-        RayRunSpec(name=name)
+        RayRunSettings(name=name)
     with pytest.raises(ConfigError, match="search name"):
-        SearchSpec(name=name)
+        SearchSettings(name=name)
 
 
 def test_default_names_from_file_stems_are_made_safe():
@@ -120,8 +121,8 @@ def test_a_storage_path_that_is_a_file_is_named_before_ray_starts(tmp_path):
     occupied.write_text("not a folder")
     for path in (occupied, occupied / "deeper"):
         with pytest.raises(ConfigError, match=r"--storage .*: not a folder"):
-            RayRunSpec(storage_path=str(path))
+            RayRunSettings(storage_path=str(path))
         with pytest.raises(ConfigError, match=r"--storage .*: not a folder"):
-            SearchSpec(storage_path=str(path))
-    RayRunSpec(storage_path=str(tmp_path / "new" / "folder"))  # missing folders are created later
-    SearchSpec(storage_path="s3://bucket/runs")  # URIs are the filesystem's to check
+            SearchSettings(storage_path=str(path))
+    RayRunSettings(storage_path=str(tmp_path / "new" / "folder"))  # missing folders are created later
+    SearchSettings(storage_path="s3://bucket/runs")  # URIs are the filesystem's to check

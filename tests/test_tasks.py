@@ -24,8 +24,8 @@ def write_scanobjectnn(root, variant_folder="main_split", suffix="", n=(30, 12),
 
 def test_names_and_fewshot_parsing():
     assert "synth/hardest" in task_names() and "scanobjectnn/pb_t50_rs" in task_names()
-    spec = get_task("modelnet40/fewshot-10w20s-7")
-    assert spec.options == {"way": 10, "shot": 20, "fold": 7}
+    task = get_task("modelnet40/fewshot-10w20s-7")
+    assert task.options == {"way": 10, "shot": 20, "fold": 7}
     with pytest.raises(DataFormatError, match="did you mean synth/hardest"):
         get_task("synth/hardst")
     assert get_task("scanobjectnn/pb_t50_rs").num_points == 2048
@@ -71,15 +71,15 @@ def test_modelnet40_text_tree_is_reduced_to_fps_1200(tmp_path):
 
 def test_task_loaders_follow_the_recipe(tmp_path):
     root = write_scanobjectnn(tmp_path / "scan", n=(40, 10))
-    spec = get_task("scanobjectnn/obj_bg")
-    data = load_task_split(spec, "train", root, tmp_path / "cache", progress=False)
-    train = task_loader(spec, data, "train", 8, seed=1)
+    task = get_task("scanobjectnn/obj_bg")
+    data = load_task_split(task, "train", root, tmp_path / "cache", progress=False)
+    train = task_loader(task, data, "train", 8, seed=1)
     batch = next(iter(train))
     raw = torch.from_numpy(np.array(data.points[batch.index.numpy()]))
     assert torch.allclose(batch.points[..., 1], raw[..., 1])  # rotation about the up axis only
     assert not torch.allclose(batch.points, raw)
     assert len(train) == 5
-    test = task_loader(spec, data, "test", 8)
+    test = task_loader(task, data, "test", 8)
     assert sum(b.labels.numel() for b in test) == 40
     assert torch.equal(next(iter(test)).points, torch.from_numpy(np.array(data.points[:8])))
 
@@ -109,12 +109,12 @@ def test_data_cli_prepare_inspect_and_errors(tmp_path):
 
 
 def test_synthetic_task_options_and_determinism(tmp_path):
-    spec = get_task("synth/objonly").with_options(samples_per_class=2, points=128, seed=3)
-    a = load_task_split(spec, "train", cache_dir=tmp_path, progress=False)
-    assert a.points.shape == (30, 128, 3) and spec.num_points == 128
-    b = load_task_split(spec, "train", cache_dir=tmp_path / "other", progress=False)
+    task = get_task("synth/objonly").with_options(samples_per_class=2, points=128, seed=3)
+    a = load_task_split(task, "train", cache_dir=tmp_path, progress=False)
+    assert a.points.shape == (30, 128, 3) and task.num_points == 128
+    b = load_task_split(task, "train", cache_dir=tmp_path / "other", progress=False)
     assert np.array_equal(a.points, b.points)
-    test = load_task_split(spec, "test", cache_dir=tmp_path, progress=False)
+    test = load_task_split(task, "test", cache_dir=tmp_path, progress=False)
     assert len(test) == 30 and not np.array_equal(test.points, a.points)
     with pytest.raises(DataFormatError, match=r"unknown option\(s\) \['sample'\]"):
         get_task("synth/clean").with_options(sample=3)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pointpeft_ray.distributed.tune import SearchSpec, run_search
+from pointpeft_ray.distributed.tune import SearchSettings, run_search
 from pointpeft_ray.engine.config import TrainConfig
 from pointpeft_ray.results.tables import read_trials
 from pointpeft_ray.search.space import SearchSpace
@@ -41,9 +41,9 @@ def _space(tmp_path) -> SearchSpace:
 
 def test_search_records_trials_failures_and_best_config(local_ray, tmp_path):
     base, space = _base(tmp_path), _space(tmp_path)
-    spec = SearchSpec(samples=4, name="search", storage_path=str(tmp_path / "runs"), seed=1, max_failures=0,
-                      asha=False)
-    outcome = run_search(base, space, spec)
+    settings = SearchSettings(samples=4, name="search", storage_path=str(tmp_path / "runs"), seed=1, max_failures=0,
+                              asha=False)
+    outcome = run_search(base, space, settings)
     folder = Path(outcome.experiment_dir)
 
     trials = pd.read_parquet(folder / "trials.parquet")  # an independent reader
@@ -70,16 +70,16 @@ def test_search_records_trials_failures_and_best_config(local_ray, tmp_path):
     assert len(list((tmp_path / "cache" / "memory_banks").glob("*.arrow"))) == 1
 
     # resuming a finished search runs nothing again and loses nothing
-    again = run_search(base, space, spec, resume=True)
+    again = run_search(base, space, settings, resume=True)
     assert again.trials == 4
     assert read_trials(folder / "trials.parquet").num_rows == 4
     assert len(pd.read_parquet(folder / "epochs.parquet")) == len(epochs)
 
 
 def test_resume_without_a_search_is_a_clear_error(local_ray, tmp_path):
-    spec = SearchSpec(samples=1, name="nothing", storage_path=str(tmp_path / "runs"))
+    settings = SearchSettings(samples=1, name="nothing", storage_path=str(tmp_path / "runs"))
     with pytest.raises(Exception, match="no search to resume"):
-        run_search(_base(tmp_path), _space(tmp_path), spec, resume=True)
+        run_search(_base(tmp_path), _space(tmp_path), settings, resume=True)
 
 
 def _kill_group_and_ray(process, ray_tmp: str) -> None:

@@ -78,7 +78,7 @@ class Timeline:
 def setup_from_job(path: str | Path, trials: Optional[int] = None, epochs: Optional[int] = None) -> BenchSetup:
     """The search stage of a job file, on its pre-trained backbone (pre-trained first
     when the cache lacks it, as `pointpeft-ray run` would)."""
-    from ..jobs.spec import JobSpec
+    from ..jobs.settings import JobSpec
     from ..pretrain.cache import ensure_pretrained
 
     job = JobSpec.from_yaml(path)
@@ -111,7 +111,7 @@ def setup_from_preset(preset: str, trials: int, epochs: int, samples_per_class: 
 def run_ray_tune(setup: BenchSetup, storage: str) -> tuple[Timeline, float]:
     from ray.tune import Callback
 
-    from ..distributed.tune import SearchSpec, run_search
+    from ..distributed.tune import SearchSettings, run_search
 
     timeline = Timeline()
 
@@ -119,10 +119,10 @@ def run_ray_tune(setup: BenchSetup, storage: str) -> tuple[Timeline, float]:
         def on_trial_result(self, iteration, trials, trial, result, **info):
             timeline.record(trial.trial_id, result)
 
-    spec = SearchSpec(samples=setup.trials, name="bench", storage_path=storage, cpus_per_trial=1,
-                      grace_period=setup.grace_period, seed=setup.base.seed, max_failures=0)
+    settings = SearchSettings(samples=setup.trials, name="bench", storage_path=storage, cpus_per_trial=1,
+                              grace_period=setup.grace_period, seed=setup.base.seed, max_failures=0)
     start = time.perf_counter()
-    run_search(setup.base, setup.space, spec, callbacks=(_Record(),))
+    run_search(setup.base, setup.space, settings, callbacks=(_Record(),))
     return timeline, time.perf_counter() - start
 
 

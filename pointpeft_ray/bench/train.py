@@ -80,11 +80,11 @@ def _in_process_run(config: TrainConfig, run_dir: Path) -> dict:
 
 
 def _ray_train_run(config: TrainConfig, storage: Path, name: str) -> dict:
-    from ..distributed.train import RayRunSpec, fit
+    from ..distributed.train import RayRunSettings, fit
 
-    spec = RayRunSpec(workers=1, cpus_per_worker=os.cpu_count() or 1, storage_path=str(storage), name=name)
+    settings = RayRunSettings(workers=1, cpus_per_worker=os.cpu_count() or 1, storage_path=str(storage), name=name)
     start = time.perf_counter()
-    result = fit(config, spec)
+    result = fit(config, settings)
     wall = time.perf_counter() - start
     if result.error is not None:
         raise RuntimeError(f"the Ray Train run failed: {result.error}")

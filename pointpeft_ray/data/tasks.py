@@ -39,7 +39,7 @@ USER_OPTIONS = {"synthetic": ("samples_per_class", "points", "seed")}
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class Task:
     name: str
     family: str  # synthetic | scanobjectnn | modelnet40 | modelnet40_h5 | fewshot | shapenet55
     num_points: int  # points per cloud fed to the model
@@ -50,7 +50,7 @@ class TaskSpec:
     options: dict = field(default_factory=dict)
     splits: tuple = ("train", "test")
 
-    def with_options(self, **options) -> "TaskSpec":
+    def with_options(self, **options) -> "Task":
         """User options (synthetic tasks: samples_per_class, points, seed)."""
         if not options:
             return self
@@ -62,26 +62,26 @@ class TaskSpec:
         return replace(self, options={**self.options, **options}, num_points=points)
 
 
-def _synthetic(variant: str) -> TaskSpec:
+def _synthetic(variant: str) -> Task:
     # Partial-view variants are ScanObjectNN-like (rotation augmentation);
     # the clean one is ModelNet-like (scale + translate, voting).
     augment = "scale_translate" if variant == "clean" else "rotate"
-    return TaskSpec(f"synth/{variant}", "synthetic", num_points=1024, train_augment=augment,
-                    needs_root=False, options={"variant": variant})
+    return Task(f"synth/{variant}", "synthetic", num_points=1024, train_augment=augment,
+                needs_root=False, options={"variant": variant})
 
 
-_FIXED: dict[str, TaskSpec] = {
+_FIXED: dict[str, Task] = {
     **{f"synth/{v}": _synthetic(v) for v in ("clean", "objonly", "objbg", "hardest")},
     **{
-        f"scanobjectnn/{v}": TaskSpec(f"scanobjectnn/{v}", "scanobjectnn", num_points=2048,
-                                      train_augment="rotate", options={"variant": v})
+        f"scanobjectnn/{v}": Task(f"scanobjectnn/{v}", "scanobjectnn", num_points=2048,
+                                  train_augment="rotate", options={"variant": v})
         for v in SCANOBJECTNN_FILES
     },
     # Published ModelNet40 recipe: FPS 1200 of 8192 once, then a random 1024
     # for training; the first 1024 (= FPS 1024) for testing; voting over 10 views.
-    "modelnet40": TaskSpec("modelnet40", "modelnet40", num_points=1024, cache_points=1200, voting_views=10),
-    "modelnet40/h5": TaskSpec("modelnet40/h5", "modelnet40_h5", num_points=1024, voting_views=10),
-    "shapenet55": TaskSpec("shapenet55", "shapenet55", num_points=1024, cache_points=1024, train_augment="none"),
+    "modelnet40": Task("modelnet40", "modelnet40", num_points=1024, cache_points=1200, voting_views=10),
+    "modelnet40/h5": Task("modelnet40/h5", "modelnet40_h5", num_points=1024, voting_views=10),
+    "shapenet55": Task("shapenet55", "shapenet55", num_points=1024, cache_points=1024, train_augment="none"),
 }
 _FEWSHOT = re.compile(r"^modelnet40/fewshot-(\d+)w(\d+)s-(\d+)$")
 
@@ -90,21 +90,21 @@ def task_names() -> list[str]:
     return [*_FIXED, "modelnet40/fewshot-{way}w{shot}s-{fold}"]
 
 
-def get_task(name: str) -> TaskSpec:
+def get_task(name: str) -> Task:
     if name in _FIXED:
         return _FIXED[name]
     match = _FEWSHOT.match(name)
     if match:
         way, shot, fold = (int(g) for g in match.groups())
-        return TaskSpec(name, "fewshot", num_points=1024, cache_points=1024,
-                        options={"way": way, "shot": shot, "fold": fold})
+        return Task(name, "fewshot", num_points=1024, cache_points=1024,
+                    options={"way": way, "shot": shot, "fold": fold})
     near = difflib.get_close_matches(name, list(_FIXED), n=3, cutoff=0.4)
     hint = f" (did you mean {', '.join(near)}?)" if near else ""
     raise DataFormatError(f"unknown task {name!r}{hint}; known tasks: {', '.join(task_names())}")
 
 
 def load_task_split(
-    task: TaskSpec | str,
+    task: Task | str,
     split: str,
     root: str | Path | None = None,
     cache_dir: str | Path | None = None,
@@ -112,44 +112,44 @@ def load_task_split(
     progress: bool = True,
 ) -> PointSplit:
     """The prepared split of a task, from the Arrow cache or built into it first."""
-    spec = get_task(task) if isinstance(task, str) else task
-    if split not in spec.splits:
-        raise DataFormatError(f"{spec.name}: unknown split {split!r}; splits: {', '.join(spec.splits)}")
-    if spec.needs_root and root is None:
-        raise DataFormatError(f"{spec.name}: needs a data root (the folder holding the downloaded dataset)")
+    task = get_task(task) if isinstance(task, str) else task
+    if split not in task.splits:
+        raise DataFormatError(f"{task.name}: unknown split {split!r}; splits: {', '.join(task.splits)}")
+    if task.needs_root and root is None:
+        raise DataFormatError(f"{task.name}: needs a data root (the folder holding the downloaded dataset)")
     root = Path(root).expanduser() if root is not None else None
-    key = _cache_key(spec, split, root, allow_pickle)
-    path = cache_path(cache_dir or default_cache_dir(), spec.name, split, key)
-    result, _ = load_or_build(path, key, lambda: _prepare(spec, split, root, allow_pickle, progress))
+    key = _cache_key(task, split, root, allow_pickle)
+    path = cache_path(cache_dir or default_cache_dir(), task.name, split, key)
+    result, _ = load_or_build(path, key, lambda: _prepare(task, split, root, allow_pickle, progress))
     return result
 
 
-def task_loader(spec: TaskSpec, data: PointSplit, split: str, batch_size: int, *, seed: int = 0,
+def task_loader(task: Task, data: PointSplit, split: str, batch_size: int, *, seed: int = 0,
                 rank: int = 0, world_size: int = 1, augment: str | None = None, recipe: str = "ours",
                 all_points: bool = False) -> BatchLoader:
     """The loader a task's recipe asks for: training shuffles, subsamples at random
     and augments (`augment` as named, else the task's augmentation as `recipe` does
     it); evaluation reads the first `num_points` (FPS order where cached so), or
     every point with `all_points` (published voting draws its own subsets)."""
-    num_points = spec.num_points if data.points_per_sample > spec.num_points else None
+    num_points = task.num_points if data.points_per_sample > task.num_points else None
     if split == "train":
-        transform = build_augmentation(augment) if augment else build_augmentation_for(spec.train_augment, recipe)
+        transform = build_augmentation(augment) if augment else build_augmentation_for(task.train_augment, recipe)
         return BatchLoader(data, batch_size, shuffle=True, drop_last=True, seed=seed, num_points=num_points,
                            subsample="random", augment=transform, rank=rank, world_size=world_size)
     return BatchLoader(data, batch_size, num_points=None if all_points else num_points, subsample="first",
                        rank=rank, world_size=world_size, pad_shards=False)
 
 
-def _cache_key(spec: TaskSpec, split: str, root: Path | None, allow_pickle: bool) -> dict:
-    key = {"task": spec.name, "split": split, "loader": LOADER_VERSION, "options": spec.options,
-           "cache_points": spec.cache_points}
-    if spec.family == "synthetic":
+def _cache_key(task: Task, split: str, root: Path | None, allow_pickle: bool) -> dict:
+    key = {"task": task.name, "split": split, "loader": LOADER_VERSION, "options": task.options,
+           "cache_points": task.cache_points}
+    if task.family == "synthetic":
         from . import synthetic
 
         key["generator"] = synthetic.GENERATOR_VERSION
     else:
         key["root"] = str(root.resolve())
-        key["files"] = [_stat(p) for p in _source_files(spec, split, root, allow_pickle)]
+        key["files"] = [_stat(p) for p in _source_files(task, split, root, allow_pickle)]
     return key
 
 
@@ -161,20 +161,20 @@ def _stat(path: Path) -> list:
         return [str(path), None, None]
 
 
-def _source_files(spec: TaskSpec, split: str, root: Path, allow_pickle: bool) -> list[Path]:
+def _source_files(task: Task, split: str, root: Path, allow_pickle: bool) -> list[Path]:
     """The files whose change must invalidate the cache (index files for trees)."""
-    if spec.family == "scanobjectnn":
-        folder, pattern = SCANOBJECTNN_FILES[spec.options["variant"]]
+    if task.family == "scanobjectnn":
+        folder, pattern = SCANOBJECTNN_FILES[task.options["variant"]]
         return [root / folder / pattern.format(split=_SPLIT_FILE_NAMES[split])]
-    if spec.family == "modelnet40":
+    if task.family == "modelnet40":
         base = root / "modelnet40_normal_resampled"
         return [_modelnet_dat(root, split) if _use_dat(root, split, allow_pickle) else base / f"modelnet40_{split}.txt"]
-    if spec.family == "modelnet40_h5":
+    if task.family == "modelnet40_h5":
         return sorted((root / "modelnet40_ply_hdf5_2048").glob(f"ply_data_{split}*.h5"))
-    if spec.family == "fewshot":
-        o = spec.options
+    if task.family == "fewshot":
+        o = task.options
         return [root / f"{o['way']}way_{o['shot']}shot" / f"{o['fold']}.pkl"]
-    if spec.family == "shapenet55":
+    if task.family == "shapenet55":
         return [root / "ShapeNet-55" / f"{split}.txt"]
     return []
 
@@ -187,11 +187,11 @@ def _use_dat(root: Path, split: str, allow_pickle: bool) -> bool:
     return allow_pickle and _modelnet_dat(root, split).is_file()
 
 
-def _prepare(spec: TaskSpec, split: str, root: Path | None, allow_pickle: bool, progress: bool) -> PointSplit:
-    data = _READERS[spec.family](spec, split, root, allow_pickle, progress)
-    if spec.cache_points is not None and data.points_per_sample > spec.cache_points:
-        data = fps_reduce(data, spec.cache_points, progress)
-    return replace(data, name=f"{spec.name}:{split}", check=False)
+def _prepare(task: Task, split: str, root: Path | None, allow_pickle: bool, progress: bool) -> PointSplit:
+    data = _READERS[task.family](task, split, root, allow_pickle, progress)
+    if task.cache_points is not None and data.points_per_sample > task.cache_points:
+        data = fps_reduce(data, task.cache_points, progress)
+    return replace(data, name=f"{task.name}:{split}", check=False)
 
 
 def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int = 256) -> PointSplit:
@@ -207,35 +207,35 @@ def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int =
     return replace(data, points=np.concatenate(parts), check=False)
 
 
-def _read_synthetic(spec, split, root, allow_pickle, progress) -> PointSplit:
-    samples = spec.options.get("samples_per_class", synthetic.DEFAULT_SAMPLES[split])
-    return synthetic.make_split(spec.options["variant"], split, samples_per_class=samples,
-                                num_points=spec.options.get("points", spec.num_points),
-                                seed=spec.options.get("seed", 0), progress=progress)
+def _read_synthetic(task, split, root, allow_pickle, progress) -> PointSplit:
+    samples = task.options.get("samples_per_class", synthetic.DEFAULT_SAMPLES[split])
+    return synthetic.make_split(task.options["variant"], split, samples_per_class=samples,
+                                num_points=task.options.get("points", task.num_points),
+                                seed=task.options.get("seed", 0), progress=progress)
 
 
-def _read_scanobjectnn(spec, split, root, allow_pickle, progress) -> PointSplit:
-    return read_scanobjectnn(root, spec.options["variant"], split)
+def _read_scanobjectnn(task, split, root, allow_pickle, progress) -> PointSplit:
+    return read_scanobjectnn(root, task.options["variant"], split)
 
 
-def _read_modelnet40(spec, split, root, allow_pickle, progress) -> PointSplit:
+def _read_modelnet40(task, split, root, allow_pickle, progress) -> PointSplit:
     if _use_dat(root, split, allow_pickle):
         return read_modelnet40_dat(_modelnet_dat(root, split), allow_pickle=True)
     # FPS is greedy, so FPS to 1200 equals the first 1200 of FPS to 8192:
     # reading straight to cache_points skips 85% of the sequential work.
-    return read_modelnet40_text(root, split, num_points=spec.cache_points or 8192, progress=progress)
+    return read_modelnet40_text(root, split, num_points=task.cache_points or 8192, progress=progress)
 
 
-def _read_modelnet40_h5(spec, split, root, allow_pickle, progress) -> PointSplit:
+def _read_modelnet40_h5(task, split, root, allow_pickle, progress) -> PointSplit:
     return read_modelnet40_h5(root, split)
 
 
-def _read_fewshot(spec, split, root, allow_pickle, progress) -> PointSplit:
-    o = spec.options
+def _read_fewshot(task, split, root, allow_pickle, progress) -> PointSplit:
+    o = task.options
     return read_fewshot(root, o["way"], o["shot"], o["fold"], split, allow_pickle=allow_pickle)
 
 
-def _read_shapenet55(spec, split, root, allow_pickle, progress) -> PointSplit:
+def _read_shapenet55(task, split, root, allow_pickle, progress) -> PointSplit:
     return read_shapenet55(root, split)
 
 

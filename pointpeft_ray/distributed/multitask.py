@@ -28,7 +28,7 @@ from ..logs import quiet
 from ..results.storage import download_folder, upload, write_table_atomic
 from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
 from .cluster import ensure_ray
-from .train import RayRunSpec, best_checkpoint, fit, worker_logging
+from .train import RayRunSettings, best_checkpoint, fit, worker_logging
 from .weights import share_checkpoints, shared_tensors
 
 TASKS_FILE = "tasks.parquet"
@@ -162,9 +162,9 @@ def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int,
     kept in RAY_STORAGE/LABEL; the best adapter is copied into config.run_dir/best."""
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
-    spec = RayRunSpec(workers=workers, use_gpu=gpus > 0, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
-                      name=label, storage_path=ray_storage, max_failures=2)
-    result = fit(config.replace(run_dir=None), spec, weights=weights_refs[0])
+    settings = RayRunSettings(workers=workers, use_gpu=gpus > 0, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
+                              name=label, storage_path=ray_storage, max_failures=2)
+    result = fit(config.replace(run_dir=None), settings, weights=weights_refs[0])
     if result.error is not None:
         raise PointPEFTError(f"{label}: {result.error}")
     with result.checkpoint.as_directory() as directory:

@@ -19,7 +19,7 @@ from ..pretrain.config import PretrainConfig
 from ..pretrain.loop import PretrainResult, pretrain
 from ..pretrain.mae import PointMAEPretrainModel
 from .cluster import ensure_ray
-from .train import RayRunSpec, launch, worker_logging
+from .train import RayRunSettings, launch, worker_logging
 
 logger = logging.getLogger(__name__)
 
@@ -30,30 +30,31 @@ def _pretrain_worker_loop(loop_config: dict) -> None:
     pretrain(config, context=RayTrainContext())
 
 
-def fit_pretrain(config: PretrainConfig, spec: RayRunSpec | None = None, address: str | None = None) -> PretrainResult:
-    """Pre-train with `spec.workers` Ray Train workers; returns the summary (with the
+def fit_pretrain(config: PretrainConfig, settings: RayRunSettings | None = None,
+                 address: str | None = None) -> PretrainResult:
+    """Pre-train with `settings.workers` Ray Train workers; returns the summary (with the
     checkpoint path). Default output: config.output_path(), else <storage>/<name>/pretrain.pth.
     A run another process is writing is refused (folder_lock)."""
-    spec = spec or RayRunSpec(name="pointpeft-pretrain")
-    with exclusive_folder(spec.local_run_dir(), f"run {spec.name!r}"):
-        return _fit_pretrain(config, spec, address)
+    settings = settings or RayRunSettings(name="pointpeft-pretrain")
+    with exclusive_folder(settings.local_run_dir(), f"run {settings.name!r}"):
+        return _fit_pretrain(config, settings, address)
 
 
-def _fit_pretrain(config: PretrainConfig, spec: RayRunSpec, address: str | None) -> PretrainResult:
+def _fit_pretrain(config: PretrainConfig, settings: RayRunSettings, address: str | None) -> PretrainResult:
     import ray.train
 
     start = time.perf_counter()
     ensure_ray(address)
-    spec = spec.resolved()
-    storage = spec.storage()
+    settings = settings.resolved()
+    storage = settings.storage()
     # Workers write no file of their own; the driver writes it below.
     worker_config = config.replace(output=None, run_dir=None)
-    ray_result = launch(_pretrain_worker_loop, {"config": worker_config.model_dump()}, spec.scaling_config(),
-                        spec.name, storage, max_failures=spec.max_failures,
+    ray_result = launch(_pretrain_worker_loop, {"config": worker_config.model_dump()}, settings.scaling_config(),
+                        settings.name, storage, max_failures=settings.max_failures,
                         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     if ray_result.error is not None:
         raise PointPEFTError(f"pre-training failed: {ray_result.error}")
-    output = config.output_path() or Path(storage) / spec.name / "pretrain.pth"
+    output = config.output_path() or Path(storage) / settings.name / "pretrain.pth"
     result = _result_from_checkpoint(ray_result.checkpoint, output)
     result.total_params = _parameter_count(config)
     result.wall_seconds = time.perf_counter() - start

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RayRunSpec:
+class RayRunSettings:
     workers: int = 1
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu: a fraction lets several small runs share a GPU
@@ -42,7 +42,7 @@ class RayRunSpec:
         check_name(self.name, "run name")
         check_storage_path(self.storage_path, "--storage")
 
-    def resolved(self) -> "RayRunSpec":
+    def resolved(self) -> "RayRunSettings":
         """CPUs per worker filled in from the running cluster. Ray sets a worker's torch
         threads from its CPU count, so one worker on a 2-core machine must ask for 2."""
         if self.cpus_per_worker is not None:
@@ -110,54 +110,55 @@ def _prepare_in_task(config_dict: dict, weights=None, device: str = "cpu"):
     return prepare_run(TrainConfig.from_dict(config_dict), device=device, pretrained=shared_tensors(weights))
 
 
-def prepare_memory_bank(config: TrainConfig, spec: RayRunSpec, weights=None):
+def prepare_memory_bank(config: TrainConfig, settings: RayRunSettings, weights=None):
     """An ObjectRef to the run's memory bank, or None when the run uses no bank.
     `weights`: model.checkpoint in the object store (distributed.weights), if it is there."""
     import ray
 
     if not config.uses_memory_bank():
         return None
-    if not spec.use_gpu and ray.get_runtime_context().worker.mode == ray.SCRIPT_MODE:
+    if not settings.use_gpu and ray.get_runtime_context().worker.mode == ray.SCRIPT_MODE:
         # CPU workers would compute it at the same speed: do it in the driver and save a process start.
         return ray.put(prepare_run(config, pretrained=shared_tensors(weights)))
     # On a GPU, or called from a task that holds no CPU of its own (the multi-task launcher
     # of a multi-worker run): a task with one worker's resources builds it.
-    task = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker if spec.use_gpu else 0,
+    task = ray.remote(num_cpus=settings.cpus_per_worker, num_gpus=settings.gpus_per_worker if settings.use_gpu else 0,
                       max_retries=0)(_prepare_in_task)
-    return ray.put(ray.get(task.remote(config.model_dump(), weights, "cuda" if spec.use_gpu else "cpu")))
+    return ray.put(ray.get(task.remote(config.model_dump(), weights, "cuda" if settings.use_gpu else "cpu")))
 
 
-def with_log_dir(config: TrainConfig, spec: RayRunSpec) -> TrainConfig:
+def with_log_dir(config: TrainConfig, settings: RayRunSettings) -> TrainConfig:
     """TensorBoard files beside the Ray run (local storage), unless the config names a folder."""
-    run_dir = spec.local_run_dir()
+    run_dir = settings.local_run_dir()
     if config.log_dir or run_dir is None:
         return config
     return config.replace(log_dir=str(run_dir / "tensorboard"))
 
 
-def fit(config: TrainConfig, spec: RayRunSpec, address: str | None = None, weights=None):
-    """Run the fine-tune with `spec.workers` Ray Train workers; returns Ray's Result.
+def fit(config: TrainConfig, settings: RayRunSettings, address: str | None = None, weights=None):
+    """Run the fine-tune with `settings.workers` Ray Train workers; returns Ray's Result.
     Rerunning with the same name and storage resumes from the latest checkpoint.
     `weights`: model.checkpoint already in the object store (distributed.weights), else put there here.
     A run another process is writing is refused (folder_lock)."""
-    with exclusive_folder(spec.local_run_dir(), f"run {spec.name!r}"):
-        return _fit(config, spec, address, weights)
+    with exclusive_folder(settings.local_run_dir(), f"run {settings.name!r}"):
+        return _fit(config, settings, address, weights)
 
 
-def _fit(config: TrainConfig, spec: RayRunSpec, address: str | None, weights):
+def _fit(config: TrainConfig, settings: RayRunSettings, address: str | None, weights):
     import ray.train
 
     ensure_ray(address)
-    spec = spec.resolved()
-    config = with_log_dir(config, spec)
+    settings = settings.resolved()
+    config = with_log_dir(config, settings)
     if weights is None:
         weights = share_checkpoints([config]).get(config.model.checkpoint)
-    loop_config = {"config": config.model_dump(), "bank": prepare_memory_bank(config, spec, weights), "weights": weights}
+    bank = prepare_memory_bank(config, settings, weights)
+    loop_config = {"config": config.model_dump(), "bank": bank, "weights": weights}
     # The best-scoring checkpoint is kept, and Ray always keeps the latest.
     keep = ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
                                       checkpoint_score_order="max")
-    return launch(_worker_loop, loop_config, spec.scaling_config(), spec.name, spec.storage(),
-                  max_failures=spec.max_failures, checkpoint_config=keep)
+    return launch(_worker_loop, loop_config, settings.scaling_config(), settings.name, settings.storage(),
+                  max_failures=settings.max_failures, checkpoint_config=keep)
 
 
 def launch(loop, loop_config: dict, scaling_config, name: str, storage: str, *, max_failures: int = 0,

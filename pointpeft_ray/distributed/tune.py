@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SearchSpec:
+class SearchSettings:
     samples: int = 8
     name: str = "pointpeft-search"
     storage_path: Optional[str] = None  # local folder or pyarrow.fs URI; default ./runs
@@ -71,34 +71,35 @@ class SearchSpec:
         return str(Path(storage.removeprefix("file://")) / self.name)
 
 
-def run_search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None = None,
+def run_search(base: TrainConfig, space: SearchSpace, settings: SearchSettings, address: str | None = None,
                resume: bool = False, callbacks: tuple = (), repair: bool = False) -> SearchOutcome:
     """Search `space` around `base`; returns where the results are and the best trial.
     `callbacks`: more ray.tune.Callback objects (e.g. a benchmark's timeline).
     `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
     A name that already holds a search is refused unless `resume` (or `repair`) says what to do,
     and so is a search another process is writing (folder_lock)."""
-    with exclusive_folder(spec.local_experiment_dir(), f"search {spec.name!r}"):
-        return _search(base, space, spec, address, resume, callbacks, repair)
+    with exclusive_folder(settings.local_experiment_dir(), f"search {settings.name!r}"):
+        return _search(base, space, settings, address, resume, callbacks, repair)
 
 
-def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: str | None, resume: bool,
+def _search(base: TrainConfig, space: SearchSpace, settings: SearchSettings, address: str | None, resume: bool,
             callbacks: tuple, repair: bool) -> SearchOutcome:
     import ray.tune
 
     from .recorder import SearchRecorder
 
-    recorder = SearchRecorder(spec.experiment_dir(), space, base.replace(eval_every=1, run_dir=None))
+    recorder = SearchRecorder(settings.experiment_dir(), space, base.replace(eval_every=1, run_dir=None))
     if repair:
         done = recorder.repair()
         moved = ", ".join(f"{name} -> {aside}" for name, aside in done["moved_aside"].items()) or "none"
-        logger.info(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in {spec.experiment_dir()} "
-                    f"(from {done['trial_folders']} trial folders; damaged files kept: {moved})")
+        logger.info(f"[repair] {done['trials']} trials and {done['epochs']} epochs recorded in "
+                    f"{settings.experiment_dir()} (from {done['trial_folders']} trial folders; "
+                    f"damaged files kept: {moved})")
         if not resume:
             return recorder.outcome()
-    elif not resume and (recorder.has_record() or ray.tune.Tuner.can_restore(spec.experiment_dir())):
-        raise ConfigError(f"{spec.experiment_dir()} already holds a search named {spec.name!r}: continue it with "
-                          "--resume, or choose another --name (nothing was changed)")
+    elif not resume and (recorder.has_record() or ray.tune.Tuner.can_restore(settings.experiment_dir())):
+        raise ConfigError(f"{settings.experiment_dir()} already holds a search named {settings.name!r}: continue "
+                          "it with --resume, or choose another --name (nothing was changed)")
     recorder.load_written()  # a damaged table stops here, before anything is written
     ensure_ray(address)
     # Keeping one checkpoint per trial makes Tune save the experiment's state at each one,
@@ -115,9 +116,9 @@ def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: st
     weights = share_checkpoints([base]).get(base.model.checkpoint)
     from .search_progress import SearchProgress
 
-    progress = SearchProgress(spec.samples, base.optim.epochs)
-    tuner = _restored_tuner(base, space, spec, weights) if resume else \
-        _new_tuner(base, space, spec, [recorder, progress, *callbacks], weights)
+    progress = SearchProgress(settings.samples, base.optim.epochs)
+    tuner = _restored_tuner(base, space, settings, weights) if resume else \
+        _new_tuner(base, space, settings, [recorder, progress, *callbacks], weights)
     tuner.fit()
     # A restored Tuner runs the callbacks it pickled at the start, not `recorder`: read
     # back what they wrote, so both paths finish from the tables on disk.
@@ -126,56 +127,57 @@ def _search(base: TrainConfig, space: SearchSpace, spec: SearchSpec, address: st
     return recorder.outcome()
 
 
-def _trainable(base: TrainConfig, space: SearchSpace, spec: SearchSpec, weights=None):
+def _trainable(base: TrainConfig, space: SearchSpace, settings: SearchSettings, weights=None):
     import ray.tune
 
-    worker_resources = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
+    worker_resources = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}
     # The ref in a list: trials get the ref itself and read its arrays without a copy.
     trainable = ray.tune.with_parameters(_run_trial, base_config=base.model_dump(), space_raw=space.to_dict(),
-                                         workers=spec.workers_per_trial, worker_resources=worker_resources,
+                                         workers=settings.workers_per_trial, worker_resources=worker_resources,
                                          weights=[weights])
-    return ray.tune.with_resources(trainable, _trial_resources(spec))
+    return ray.tune.with_resources(trainable, _trial_resources(settings))
 
 
-def _trial_resources(spec: SearchSpec):
+def _trial_resources(settings: SearchSettings):
     import ray.tune
 
-    if spec.workers_per_trial == 1:
-        return {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    if settings.workers_per_trial == 1:
+        return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     # The trial only drives a TorchTrainer: a sliver of a CPU; its workers ask for their own.
     return ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK")
 
 
-def _new_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, callbacks: list, weights=None):
+def _new_tuner(base: TrainConfig, space: SearchSpace, settings: SearchSettings, callbacks: list, weights=None):
     import ray.tune
 
     return ray.tune.Tuner(
-        _trainable(base, space, spec, weights),
-        tune_config=ray.tune.TuneConfig(search_alg=_searcher(base, space, spec), scheduler=_scheduler(base, spec),
-                                        num_samples=spec.samples, reuse_actors=True),
+        _trainable(base, space, settings, weights),
+        tune_config=ray.tune.TuneConfig(search_alg=_searcher(base, space, settings),
+                                        scheduler=_scheduler(base, settings),
+                                        num_samples=settings.samples, reuse_actors=True),
         run_config=ray.tune.RunConfig(
-            name=spec.name, storage_path=spec.storage(), callbacks=callbacks,
-            failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
+            name=settings.name, storage_path=settings.storage(), callbacks=callbacks,
+            failure_config=ray.tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
         ),
     )
 
 
-def _restored_tuner(base: TrainConfig, space: SearchSpace, spec: SearchSpec, weights=None):
+def _restored_tuner(base: TrainConfig, space: SearchSpace, settings: SearchSettings, weights=None):
     import ray.tune
 
-    path = spec.experiment_dir()
+    path = settings.experiment_dir()
     if not ray.tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: no search to resume at {path} (run it once without --resume)")
     # Unfinished trials continue from their checkpoints, and so do errored ones: a killed
     # driver's trials can be marked errored as their processes die with it. A trial that
     # failed on its own fails again and is recorded so; finished trials are kept as they are.
-    return ray.tune.Tuner.restore(path, trainable=_trainable(base, space, spec, weights), resume_unfinished=True,
+    return ray.tune.Tuner.restore(path, trainable=_trainable(base, space, settings, weights), resume_unfinished=True,
                                   resume_errored=True, restart_errored=False)
 
 
-def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
+def _searcher(base: TrainConfig, space: SearchSpace, settings: SearchSettings):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -186,36 +188,36 @@ def _searcher(base: TrainConfig, space: SearchSpace, spec: SearchSpec):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
 
     default = space.default_point(base)
-    metric, mode = ([METRIC, "trainable_params"], ["max", "min"]) if spec.multi_objective else (METRIC, "max")
+    metric, mode = ([METRIC, "trainable_params"], ["max", "min"]) if settings.multi_objective else (METRIC, "max")
     searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode,
                             points_to_evaluate=[default] if default else None,
-                            sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent(spec))
+                            sampler=optuna.samplers.TPESampler(seed=settings.seed))
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent(settings))
 
 
-def _scheduler(base: TrainConfig, spec: SearchSpec):
+def _scheduler(base: TrainConfig, settings: SearchSettings):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from .recorder import METRIC
 
-    if not spec.asha:
+    if not settings.asha:
         return FIFOScheduler()
     epochs = base.optim.epochs
     return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=epochs,
-                         grace_period=min(spec.grace_period, epochs), reduction_factor=2)
+                         grace_period=min(settings.grace_period, epochs), reduction_factor=2)
 
 
-def max_concurrent(spec: SearchSpec) -> int:
+def max_concurrent(settings: SearchSettings) -> int:
     """How many trials fit on the cluster at once (at least one)."""
-    if spec.max_concurrent:
-        return spec.max_concurrent
+    if settings.max_concurrent:
+        return settings.max_concurrent
     import ray
 
     resources = ray.cluster_resources()
-    cpus_per_trial = spec.cpus_per_trial * spec.workers_per_trial
+    cpus_per_trial = settings.cpus_per_trial * settings.workers_per_trial
     fits = [int(resources.get("CPU", 1) // max(cpus_per_trial, 1e-9))]
-    if spec.gpus_per_trial > 0:
-        fits.append(int(resources.get("GPU", 0) // (spec.gpus_per_trial * spec.workers_per_trial)))
+    if settings.gpus_per_trial > 0:
+        fits.append(int(resources.get("GPU", 0) // (settings.gpus_per_trial * settings.workers_per_trial)))
     return max(1, min(fits))
 
 

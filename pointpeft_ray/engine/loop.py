@@ -61,9 +61,9 @@ def voted_logits(model, points: torch.Tensor, voting: Voting, gen: torch.Generat
     return torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
 
 
-def voting_for(config: TrainConfig, spec) -> Voting:
+def voting_for(config: TrainConfig, task) -> Voting:
     """Test-time voting of a run: its views (config, else the task's) made as its recipe does."""
-    return Voting(config.data.voting_views or spec.voting_views, config.recipe, spec.num_points)
+    return Voting(config.data.voting_views or task.voting_views, config.recipe, task.num_points)
 
 
 def evaluate(model, loader, device, num_classes: int, voting: Voting | None = None, seed: int = 0) -> dict:
@@ -118,7 +118,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
     start_time = time.perf_counter()
     context = context_for(context, config.run_dir, config.device, report)
     device = context.device
-    spec, train_data, test_data = load_run_data(config)
+    task, train_data, test_data = load_run_data(config)
     model = build_seeded_model(config, train_data.num_classes, pretrained).to(device)
     bank_start = time.perf_counter()
     if config.uses_memory_bank():
@@ -126,7 +126,7 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
             model.attach_memory_bank(bank)
             logger.info(f"[bank] {len(bank)} rows, handed over by the driver")
         else:
-            attach_cached_memory_bank(model, spec, train_data, config)
+            attach_cached_memory_bank(model, task, train_data, config)
     result = RunResult(trainable_params=build.trainable_count(model),
                        total_params=sum(p.numel() for p in model.parameters()),
                        bank_seconds=time.perf_counter() - bank_start)
@@ -135,10 +135,10 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
                                      config.optim.lr, device)
     loop = _epoch_loop(context, model, optimizer, config, result)
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
-    train_loader = task_loader(spec, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
+    train_loader = task_loader(task, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
                                world_size=context.world_size, augment=config.data.augment, recipe=config.recipe)
-    voting = voting_for(config, spec)
-    test_loader = task_loader(spec, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size,
+    voting = voting_for(config, task)
+    test_loader = task_loader(task, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size,
                               all_points=voting.draws_points)
     use_bf16 = config.bf16 and device.type == "cuda"
     scalars = ScalarLogger(config.tensorboard_dir() if context.rank == 0 else None)
@@ -196,23 +196,23 @@ def _epoch_loop(context, model, optimizer, config: TrainConfig, result: RunResul
 
 
 def load_run_data(config: TrainConfig):
-    """The task spec and its train / test splits (generated or read into the cache)."""
-    spec = get_task(config.data.task).with_options(**config.data.options)
-    splits = [load_task_split(spec, split, config.data.root, config.data.cache_dir, config.data.allow_pickle)
+    """The task (with its options) and its train / test splits (generated or read into the cache)."""
+    task = get_task(config.data.task).with_options(**config.data.options)
+    splits = [load_task_split(task, split, config.data.root, config.data.cache_dir, config.data.allow_pickle)
               for split in ("train", "test")]
-    return spec, *splits
+    return task, *splits
 
 
 def prepare_run(config: TrainConfig, device: str = "cpu", pretrained=None) -> MemoryBank | None:
     """What every run of `config` shares, made once before they start: the data caches
     and, for PEFT with a bank, the memory bank (returned on the CPU; None without one).
     `pretrained`: the checkpoint's tensors already read (see train)."""
-    spec, train_data, _ = load_run_data(config)
+    task, train_data, _ = load_run_data(config)
     if not config.uses_memory_bank():
         return None
     with quiet():  # the runs say which weights they load
         model = build_seeded_model(config, train_data.num_classes, pretrained=pretrained).to(device)
-    bank = attach_cached_memory_bank(model, spec, train_data, config)
+    bank = attach_cached_memory_bank(model, task, train_data, config)
     bank.max_features = bank.max_features.cpu()
     bank.cls_features = None if bank.cls_features is None else bank.cls_features.cpu()
     return bank
@@ -235,12 +235,12 @@ def export_model(model, directory: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, Path(directory) / MODEL_FILE)
 
 
-def attach_cached_memory_bank(model: PointPEFTModel, spec, train_data, config: TrainConfig) -> MemoryBank:
+def attach_cached_memory_bank(model: PointPEFTModel, task, train_data, config: TrainConfig) -> MemoryBank:
     """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
-    loader = BatchLoader(train_data, 64, num_points=spec.num_points if train_data.points_per_sample > spec.num_points
+    loader = BatchLoader(train_data, 64, num_points=task.num_points if train_data.points_per_sample > task.num_points
                          else None, subsample="first")
     cache_dir = Path(config.data.cache_dir or default_cache_dir()) / "memory_banks"
-    dataset_key = f"{train_data.source}|{len(train_data)}|{spec.num_points}"
+    dataset_key = f"{train_data.source}|{len(train_data)}|{task.num_points}"
     bank = model.build_memory_bank(loader, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
     logger.info(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")
     return bank

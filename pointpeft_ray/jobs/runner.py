@@ -36,7 +36,7 @@ from ..data.cache import default_cache_dir
 from ..distributed.cluster import ensure_ray
 from ..distributed.multitask import TASKS_FILE, TaskRun, run_tasks
 from ..distributed.pretrain import fit_pretrain
-from ..distributed.train import RayRunSpec
+from ..distributed.train import RayRunSettings
 from ..distributed.tune import run_search
 from ..errors import PointPEFTError, ResultsError
 from ..folder_lock import exclusive_folder
@@ -155,29 +155,30 @@ def _timed(outcome: JobOutcome, stage: str, function, *args):
 def _pretrain(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | None) -> Path:
     resources = job.pretrain_resources()
     config = job.pretrain_config()
-    # One worker takes a whole node's CPUs (RayRunSpec.resolved). The run is named by the
+    # One worker takes a whole node's CPUs (RayRunSettings.resolved). The run is named by the
     # weights' key: Ray Train resumes a run of the same name, which must be these settings'.
-    spec = RayRunSpec(workers=resources.workers, use_gpu=resources.gpus > 0, gpus_per_worker=resources.gpus or 1.0,
-                      cpus_per_worker=resources.cpus if resources.workers > 1 else None,
-                      name=f"pretrain-{weights_key(config)}",
-                      storage_path=remote or str(job_dir), max_failures=2)
-    return ensure_pretrained(config, runner=partial(fit_pretrain, spec=spec, address=address))
+    settings = RayRunSettings(workers=resources.workers, use_gpu=resources.gpus > 0,
+                              gpus_per_worker=resources.gpus or 1.0,
+                              cpus_per_worker=resources.cpus if resources.workers > 1 else None,
+                              name=f"pretrain-{weights_key(config)}",
+                              storage_path=remote or str(job_dir), max_failures=2)
+    return ensure_pretrained(config, runner=partial(fit_pretrain, settings=settings, address=address))
 
 
 def _tune(job: JobSpec, job_dir: Path, address: str | None) -> dict:
     """The search (resumed when this job ran it before); returns its best trial's row."""
     from ray.tune import Tuner
 
-    spec = job.search_spec("tune")
-    resume = Tuner.can_restore(spec.experiment_dir())
+    settings = job.search_settings("tune")
+    resume = Tuner.can_restore(settings.experiment_dir())
     if resume:
-        logger.info(f"[tune] resuming the search in {spec.experiment_dir()}")
-    elif exists_at(f"{spec.experiment_dir().rstrip('/')}/{TRIALS_FILE}"):
+        logger.info(f"[tune] resuming the search in {settings.experiment_dir()}")
+    elif exists_at(f"{settings.experiment_dir().rstrip('/')}/{TRIALS_FILE}"):
         # A rerun resumes by itself; tables without Tune's state cannot be continued.
-        raise PointPEFTError(f"tune: {spec.experiment_dir()} holds a search's tables but no Ray Tune state to "
+        raise PointPEFTError(f"tune: {settings.experiment_dir()} holds a search's tables but no Ray Tune state to "
                              "resume it from (cut short before Tune saved it, or copied without it); move that "
                              "folder aside to search again (nothing was changed)")
-    outcome = run_search(job.tune_config(), job.search_space(), spec, address, resume=resume)
+    outcome = run_search(job.tune_config(), job.search_space(), settings, address, resume=resume)
     trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/{TRIALS_FILE}").to_pylist()  # may be a URI
     try:
         best = best_trial(trials)

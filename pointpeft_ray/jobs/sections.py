@@ -69,7 +69,7 @@ class PretrainSection(StrictConfig):
 
 
 class TuneSection(StrictConfig):
-    """A Ray Tune + Optuna search (distributed.tune.SearchSpec) around the base config."""
+    """A Ray Tune + Optuna search (distributed.tune.SearchSettings) around the base config."""
 
     space: str = Field(description="a search space YAML (search_spaces/*.yaml)")
     samples: int = Field(8, ge=1, description="trials to run")

@@ -22,7 +22,7 @@ from pydantic import Field, PrivateAttr, field_serializer, model_validator
 
 from ..configuration import StrictConfig, at, read_yaml_mapping
 from ..data.tasks import get_task
-from ..distributed.tune import SearchSpec
+from ..distributed.tune import SearchSettings
 from ..engine.config import TrainConfig
 from ..errors import ConfigError, PointPEFTError
 from ..models.backbone import BackboneConfig
@@ -272,13 +272,13 @@ class JobSpec(StrictConfig):
         config = TrainConfig.from_dict(deep_merge(self._base_fields(), self.tune.overrides), path="tune.overrides")
         return _with_epochs(config, self.tune.epochs, "tune.epochs")
 
-    def search_spec(self, experiment_name: str | None = None) -> SearchSpec:
-        """distributed.tune.SearchSpec for the search, kept in JOB_STORAGE/`experiment_name`
+    def search_settings(self, experiment_name: str | None = None) -> SearchSettings:
+        """distributed.tune.SearchSettings for the search, kept in JOB_STORAGE/`experiment_name`
         (default `tune`)."""
         tune, defaults = self.tune, self.resources
         if tune is None:
             raise ConfigError("tune: this job has no tune stage")
-        return SearchSpec(
+        return SearchSettings(
             samples=tune.samples, name=experiment_name or "tune", storage_path=self.job_storage(),
             cpus_per_trial=_first(tune.cpus_per_trial, defaults.cpus),
             gpus_per_trial=_first(tune.gpus_per_trial, defaults.gpus),

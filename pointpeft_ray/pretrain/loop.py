@@ -46,8 +46,8 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
     context = context_for(context, config.run_dir, config.device, report)
     device = context.device
     torch.manual_seed(config.seed)  # the initial weights, the same on every rank
-    spec = get_task(config.data.task).with_options(**config.data.options)
-    data = load_task_split(spec, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
+    task = get_task(config.data.task).with_options(**config.data.options)
+    data = load_task_split(task, "train", config.data.root, config.data.cache_dir, config.data.allow_pickle)
     model = PointMAEPretrainModel(config.model.backbone, config.mae).to(device)
     # Masks and drop-path draw from the global RNG: ranks draw differently (a resumed run
     # continues from the RNG state its checkpoint saved).
@@ -61,7 +61,7 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
                          inner.state_dict(), Path(directory) / "pretrain.pth", loop.epoch + 1))
     if loop.restore():
         logger.info(f"[resume] pre-training from epoch {loop.start_epoch}")
-    loader = _train_loader(spec, data, config, context)
+    loader = _train_loader(task, data, config, context)
     use_bf16 = config.bf16 and device.type == "cuda"
     for epoch, lr in loop.epochs(config.optim.epochs):
         stats = _train_epoch(model, optimizer, loader, epoch, config, device, use_bf16)
@@ -81,14 +81,14 @@ def format_epoch(metrics: dict, total_epochs: int) -> str:
             f"{metrics['train_seconds']:.1f}s")
 
 
-def _train_loader(spec, data, config: PretrainConfig, context):
+def _train_loader(task, data, config: PretrainConfig, context):
     # optim.batch_size is the global batch, split over the workers (as in fine-tuning).
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
-    loader = task_loader(spec, data, "train", batch_size, seed=config.seed,
+    loader = task_loader(task, data, "train", batch_size, seed=config.seed,
                          rank=context.rank, world_size=context.world_size, augment=config.data.augment)
     if len(loader) == 0:
         raise ConfigError(f"optim.batch_size ({config.optim.batch_size}) is larger than the {len(data)} training "
-                          f"samples of {spec.name}: not one full batch per epoch")
+                          f"samples of {task.name}: not one full batch per epoch")
     return loader
 
 

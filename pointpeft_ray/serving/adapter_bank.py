@@ -182,8 +182,8 @@ def _prepare_entry(entry: BankEntry) -> dict:
         raise AdapterBankError(f"{where}: a bank holds PEFT adapters; the run's mode is {config.mode!r}")
     if PointPEFTConfig(**meta["peft_config"]).uses_bank and not (source / BANK_NAME).is_file():
         raise AdapterBankError(f"{where}: {source}: the prompts use a memory bank but {BANK_NAME} is missing")
-    spec = get_task(config.data.task).with_options(**config.data.options)
-    class_names = list(entry.class_names) if entry.class_names is not None else _fixed_class_names(spec)
+    task = get_task(config.data.task).with_options(**config.data.options)
+    class_names = list(entry.class_names) if entry.class_names is not None else _fixed_class_names(task)
     if class_names is not None and len(class_names) != meta["num_classes"]:
         raise AdapterBankError(f"{where}: {len(class_names)} class names for an adapter of "
                                f"{meta['num_classes']} classes")
@@ -197,10 +197,10 @@ def _prepare_entry(entry: BankEntry) -> dict:
                 # run's seed, and the memory bank was built with them: part of the backbone.
                 "init_seed": config.seed}
     record = {
-        "task": spec.name, "task_options": dict(config.data.options), "num_classes": meta["num_classes"],
-        "class_names": class_names, "num_points": spec.num_points,
+        "task": task.name, "task_options": dict(config.data.options), "num_classes": meta["num_classes"],
+        "class_names": class_names, "num_points": task.num_points,
         # How the training loop evaluated the test split (engine.loop.train / evaluate).
-        "voting_views": config.data.voting_views or spec.voting_views, "eval_seed": config.seed,
+        "voting_views": config.data.voting_views or task.voting_views, "eval_seed": config.seed,
         "eval_batch_size": config.optim.batch_size,
         "accuracy": float(accuracy) if accuracy is not None else None,
         "trainable_parameters": meta.get("trainable_parameters"),
@@ -237,11 +237,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "entry"
 
 
-def _fixed_class_names(spec) -> list[str] | None:
+def _fixed_class_names(task) -> list[str] | None:
     """Class names the task fixes whatever the data (None where they come from the data)."""
     fixed = {"synthetic": CLASS_NAMES, "scanobjectnn": SCANOBJECTNN_CLASSES,
              "modelnet40": MODELNET40_CLASSES, "modelnet40_h5": MODELNET40_CLASSES}
-    names = fixed.get(spec.family)
+    names = fixed.get(task.family)
     return list(names) if names is not None else None
 
 
@@ -565,8 +565,8 @@ class AdapterBank:
         if not isinstance(record.get("config"), dict):
             raise AdapterBankError(f"{self.index_path}: entry {name!r} has no run config to find its test split")
         data = TrainConfig.from_dict(record["config"], where=f"{self.index_path}: entries.{name}.config").data
-        spec = get_task(data.task).with_options(**data.options)
-        return load_task_split(spec, "test", data.root, data.cache_dir, data.allow_pickle, progress=False)
+        task = get_task(data.task).with_options(**data.options)
+        return load_task_split(task, "test", data.root, data.cache_dir, data.allow_pickle, progress=False)
 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
