@@ -25,10 +25,15 @@ from typing import Optional
 
 import yaml
 
+from ..distributed.cluster import ensure_ray
+from ..distributed.tune import SearchSettings, run_search
 from ..engine.config import TrainConfig
+from ..engine.loop import prepare_run, train
 from ..errors import ConfigError
+from ..jobs.spec import JobSpec
 from ..logs import quiet
 from ..output import format_table, write_json
+from ..pretrain.cache import ensure_pretrained
 from ..search.space import SearchSpace
 from .machine import machine_info
 
@@ -78,9 +83,6 @@ class Timeline:
 def setup_from_job(path: str | Path, trials: Optional[int] = None, epochs: Optional[int] = None) -> BenchSetup:
     """The search stage of a job file, on its pre-trained backbone (pre-trained first
     when the cache lacks it, as `pointpeft-ray run` would)."""
-    from ..jobs.settings import JobSpec
-    from ..pretrain.cache import ensure_pretrained
-
     job = JobSpec.from_yaml(path)
     if job.tune is None:
         raise ConfigError(f"{path}: the job has no tune stage to benchmark")
@@ -111,8 +113,6 @@ def setup_from_preset(preset: str, trials: int, epochs: int, samples_per_class: 
 def run_ray_tune(setup: BenchSetup, storage: str) -> tuple[Timeline, float]:
     from ray.tune import Callback
 
-    from ..distributed.tune import SearchSettings, run_search
-
     timeline = Timeline()
 
     class _Record(Callback):
@@ -130,8 +130,6 @@ def run_optuna(setup: BenchSetup, pruned: bool) -> tuple[Timeline, float]:
     """Plain Optuna in this process: TPE + successive halving on ASHA's rungs, or random
     without pruning."""
     import optuna
-
-    from ..engine.loop import train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = setup.base.seed
@@ -162,9 +160,6 @@ def run_optuna(setup: BenchSetup, pruned: bool) -> tuple[Timeline, float]:
 
 
 def run_bench(setup: BenchSetup, target: Optional[float] = None, json_path: Optional[str] = None) -> dict:
-    from ..distributed.cluster import ensure_ray
-    from ..engine.loop import prepare_run
-
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-search-") as tmp, quiet():
         ensure_ray(None)
         start = time.perf_counter()
