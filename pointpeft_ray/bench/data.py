@@ -13,8 +13,8 @@ from ..data.cache import read_split, write_split
 from ..data.loader import BatchLoader
 from ..data.split import PointSplit
 from ..data.transforms import build_augmentation
-from ..output import format_table, write_json
-from .machine import machine_info
+from ..output import format_table
+from .common import machine_info, save_figures
 
 CASES = (
     # (label, stored points, points fed, augmentation)
@@ -39,10 +39,7 @@ def run_bench(samples: int = 8192, batch_size: int = 32, epochs: int = 3, json_p
     print(f"data bench: {samples} samples, batch {batch_size}, {epochs} epochs, torch threads {torch.get_num_threads()}")
     print(table)
     print("goals: >= 20,000 samples/s at 1024 points; >= 5,000 at 2048 (one GPU's step at batch 256)")
-    if json_path:
-        write_json(json_path, payload)
-        print(f"[bench data] figures written to {json_path}")
-    return payload
+    return save_figures(payload, json_path)
 
 
 def _write_random_split(path: Path, samples: int, points: int) -> Path:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,8 @@ from ..engine.acceleration import compile_model
 from ..models import FullFinetuneClassifier, MemoryBank, PointMAEBackbone, get_peft_model, ops
 from ..models.peft.geometry import token_geometry
 from ..models.presets import get_preset
-from ..output import format_table, write_json
-from .machine import machine_info
+from ..output import format_table
+from .common import machine_info, save_figures
 
 VARIANTS = ("full", "peft", "peft_frozen_pass")
 logger = logging.getLogger(__name__)
@@ -59,10 +61,7 @@ def run_bench(settings: BenchSettings, variants=VARIANTS, json_path: str | None 
     payload = {"benchmark": "model", "settings": asdict(settings), "machine": machine_info(settings.device),
                "variants": results, "summary": summary}
     print(render(payload))
-    if json_path:
-        write_json(json_path, payload)
-        print(f"[bench model] figures written to {json_path}")
-    return payload
+    return save_figures(payload, json_path)
 
 
 def render(payload: dict) -> str:
@@ -127,21 +126,15 @@ def _measure_variant(settings_dict: dict, variant: str) -> dict:
         base_cuda = torch.cuda.memory_allocated(device)
     for _ in range(settings.warmup):
         step()
-    times = []
-    for _ in range(settings.steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    times = _timed(step, device, settings.steps)
     if device.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
     else:
         peak_mb = _peak_rss_mb() - baseline_mb
-    step_s = sorted(times)[len(times) // 2]
+    step_s = statistics.median_high(times)
     if settings.profile_dir:
         _write_profile(step, settings.profile_dir, variant, device)
-    grouping_s = _grouping_seconds(model, points, variant, device) if variant != "full" else None
+    grouping_s = _grouping_seconds(model, points, device) if variant != "full" else None
     trainable = sum(p.numel() for p in params)
     return {
         "variant": variant,
@@ -174,23 +167,28 @@ def _build_model(preset, variant: str, settings: BenchSettings):
     return model
 
 
-def _grouping_seconds(model, points, variant, device, repeats: int = 3) -> float:
+def _grouping_seconds(model, points, device, repeats: int = 3) -> float:
     """First-level FPS + kNN and the adapter's second-level grouping, as in a step."""
-    conf = model.peft_config
+    def grouping() -> None:
+        _, centres = model.backbone.group(points)
+        token_geometry(centres, model.peft_config)
+
+    return statistics.median_high(_timed(grouping, device, repeats))
+
+
+def _timed(function, device: torch.device, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls, the device's queued work included."""
     times = []
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        _, centres = model.backbone.group(points)
-        token_geometry(centres, conf)
+        function()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return times
 
 
 def _write_profile(step, directory: str, variant: str, device: torch.device) -> None:
-    from pathlib import Path
-
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)

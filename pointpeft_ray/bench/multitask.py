@@ -10,30 +10,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..engine.config import TrainConfig
+from ..distributed.cluster import ensure_ray
+from ..distributed.multitask import TaskRun, run_tasks
+from ..engine.loop import prepare_run
 from ..logs import quiet
-from ..output import format_table, write_json
-from .machine import machine_info
+from ..output import format_table
+from .common import cpu_config, machine_info, save_figures
 
 GOAL_RATIO = 0.6
 TASKS = ("synth/objbg", "synth/hardest")
 
 
-def task_config(task: str, preset: str, epochs: int, samples_per_class: int, cache_dir: str) -> TrainConfig:
-    return TrainConfig.from_dict({
-        "mode": "peft", "model": {"preset": preset}, "seed": 0,
-        "data": {"task": task, "cache_dir": cache_dir, "options": {"samples_per_class": samples_per_class}},
-        "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
-    })
-
-
 def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 16, json_path: str | None = None) -> dict:
-    from ..distributed.cluster import ensure_ray
-    from ..distributed.multitask import TaskRun, run_tasks
-    from ..engine.loop import prepare_run
-
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-multitask-") as tmp, quiet():
-        configs = [task_config(task, preset, epochs, samples_per_class, str(Path(tmp) / "cache")) for task in TASKS]
+        configs = [cpu_config(task, preset, epochs, samples_per_class, str(Path(tmp) / "cache")) for task in TASKS]
         for config in configs:
             prepare_run(config)  # data + bank caches, not timed
         ensure_ray(None)
@@ -56,7 +46,4 @@ def run_bench(preset: str = "small", epochs: int = 2, samples_per_class: int = 1
           f"{samples_per_class}/class, 1 CPU per task")
     print(format_table(["way", "wall s"], [("one after the other", sequential), ("in parallel", parallel)]))
     print(f"ratio {ratio:.2f} (goal <= {GOAL_RATIO})")
-    if json_path:
-        write_json(json_path, payload)
-        print(f"[bench multitask] figures written to {json_path}")
-    return payload
+    return save_figures(payload, json_path)

@@ -32,10 +32,10 @@ from ..engine.loop import prepare_run, train
 from ..errors import ConfigError
 from ..jobs.spec import JobSpec
 from ..logs import quiet
-from ..output import format_table, write_json
+from ..output import format_table
 from ..pretrain.cache import ensure_pretrained
 from ..search.space import SearchSpace
-from .machine import machine_info
+from .common import cpu_config, machine_info, save_figures
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SPACE_FILE = REPOSITORY / "search_spaces" / "cpu_demo.yaml"
@@ -101,11 +101,7 @@ def setup_from_preset(preset: str, trials: int, epochs: int, samples_per_class: 
     raw = yaml.safe_load(SPACE_FILE.read_text())
     raw.setdefault("base", {}).setdefault("model", {})["preset"] = preset
     space = SearchSpace.from_dict(raw, source=f"{SPACE_FILE.name} (preset {preset})")
-    base = TrainConfig.from_dict({
-        "mode": "peft", "model": {"preset": preset, "checkpoint": checkpoint}, "seed": 0,
-        "data": {"task": "synth/hardest", "options": {"samples_per_class": samples_per_class}},
-        "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
-    })
+    base = cpu_config("synth/hardest", preset, epochs, samples_per_class, checkpoint=checkpoint)
     return BenchSetup(base, space, trials, min(grace_period, epochs),
                       f"{SPACE_FILE.name} on preset {preset}, synth/hardest ({samples_per_class}/class)")
 
@@ -184,10 +180,7 @@ def run_bench(setup: BenchSetup, target: Optional[float] = None, json_path: Opti
         "ratio_wall_ray_vs_optuna": methods["ray_tune"]["wall_seconds"] / methods["optuna"]["wall_seconds"],
     }
     _print(payload)
-    if json_path:
-        write_json(json_path, payload)
-        print(f"[bench search] figures written to {json_path}")
-    return payload
+    return save_figures(payload, json_path)
 
 
 def _print(payload: dict) -> None:

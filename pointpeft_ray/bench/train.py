@@ -19,35 +19,27 @@ from pathlib import Path
 
 import torch
 
+from ..distributed.cluster import ensure_ray
+from ..distributed.train import RayRunSettings, fit
 from ..engine.config import TrainConfig
+from ..engine.loop import prepare_run, train
 from ..logs import quiet
-from ..output import format_table, write_json
-from .machine import machine_info
+from ..output import format_table
+from .common import cpu_config, machine_info, save_figures
 
 GOAL_RATIO = 1.10
 logger = logging.getLogger(__name__)
-
-
-def default_config(epochs: int, cache_dir: str, preset: str = "small", samples_per_class: int = 16) -> TrainConfig:
-    """PEFT on the small CPU backbone, synth/hardest at reduced size: about 16 s an epoch in-process."""
-    return TrainConfig.from_dict({
-        "mode": "peft", "model": {"preset": preset}, "seed": 0,
-        "data": {"task": "synth/hardest", "cache_dir": cache_dir, "options": {"samples_per_class": samples_per_class}},
-        "optim": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 32},
-    })
 
 
 def run_bench(epochs: int = 8, json_path: str | None = None, address: str | None = None, repeats: int = 2,
               preset: str = "small", samples_per_class: int = 16) -> dict:
     """`repeats` pairs of runs, in-process and Ray alternating (this machine's speed drifts by
     several percent from run to run); the ratio is of the mean wall times."""
-    from ..distributed.cluster import ensure_ray
-    from ..engine.loop import prepare_run
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     with tempfile.TemporaryDirectory(prefix="pointpeft-bench-train-") as tmp:
-        config = default_config(epochs, str(Path(tmp) / "cache"), preset, samples_per_class)
+        # the small backbone at 16 per class: about 16 s an epoch in-process
+        config = cpu_config("synth/hardest", preset, epochs, samples_per_class, str(Path(tmp) / "cache"))
         with quiet():
             prepare_run(config)  # warm the data and bank caches
         start = time.perf_counter()
@@ -61,15 +53,10 @@ def run_bench(epochs: int = 8, json_path: str | None = None, address: str | None
                         f"Ray Train {pairs[-1][1]['wall_seconds']:.1f} s")
     payload = _payload(config, epochs, pairs, ray_start)
     _print(payload)
-    if json_path:
-        write_json(json_path, payload)
-        print(f"[bench train] figures written to {json_path}")
-    return payload
+    return save_figures(payload, json_path)
 
 
 def _in_process_run(config: TrainConfig, run_dir: Path) -> dict:
-    from ..engine.loop import train
-
     start = time.perf_counter()
     with quiet():
         result = train(config.replace(run_dir=str(run_dir)))
@@ -80,8 +67,6 @@ def _in_process_run(config: TrainConfig, run_dir: Path) -> dict:
 
 
 def _ray_train_run(config: TrainConfig, storage: Path, name: str) -> dict:
-    from ..distributed.train import RayRunSettings, fit
-
     settings = RayRunSettings(workers=1, cpus_per_worker=os.cpu_count() or 1, storage_path=str(storage), name=name)
     start = time.perf_counter()
     result = fit(config, settings)
