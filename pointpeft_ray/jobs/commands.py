@@ -28,22 +28,19 @@ def add_cluster_commands(commands) -> None:
     p.add_argument("--dry-run", action="store_true", help="check the job and show what would be submitted")
     p.set_defaults(func=_run_submit)
 
-    p = commands.add_parser("status", help="status of a submitted job")
-    p.add_argument("submission_id")
-    p.add_argument("--address", default=None, help=ADDRESS_HELP)
-    p.set_defaults(func=_run_status)
+    _add_job_command(commands, "status", "status of a submitted job", _run_status)
+    p = _add_job_command(commands, "logs", "logs of a submitted job", _run_logs)
+    p.add_argument("--follow", action="store_true", help="stream until the job ends; exit 0 if it succeeded, 1 if not")
+    _add_job_command(commands, "stop", "stop a submitted job", _run_stop)
 
-    p = commands.add_parser("logs", help="logs of a submitted job")
-    p.add_argument("submission_id")
-    p.add_argument("--address", default=None, help=ADDRESS_HELP)
-    p.add_argument("--follow", action="store_true",
-                   help="stream until the job ends; exit 0 if it succeeded, 1 if not")
-    p.set_defaults(func=_run_logs)
 
-    p = commands.add_parser("stop", help="stop a submitted job")
+def _add_job_command(commands, name: str, help: str, run):
+    """A command on one submitted job: its submission id and the cluster's address."""
+    p = commands.add_parser(name, help=help)
     p.add_argument("submission_id")
     p.add_argument("--address", default=None, help=ADDRESS_HELP)
-    p.set_defaults(func=_run_stop)
+    p.set_defaults(func=run)
+    return p
 
 
 def _write(chunk: str) -> None:
@@ -69,13 +66,7 @@ def _run_submit(args) -> int:
         print(how)
         return 0
     if args.follow:
-        try:
-            info = submission.follow_logs(client, sid, _write)
-        except KeyboardInterrupt:
-            print(f"\npointpeft-ray: stopped following; the job goes on\n{how}", file=sys.stderr)
-            return 130
-        print(submission.format_status(info))
-        return submission.exit_code(info)
+        return _follow(client, sid, f"\n{how}")
     try:
         info = submission.wait_for(client, sid, ("RUNNING", *submission.TERMINAL))
     except KeyboardInterrupt:
@@ -94,13 +85,19 @@ def _run_status(args) -> int:
 
 def _run_logs(args) -> int:
     client = submission.connect(args.address)
-    if not args.follow:
-        _write(submission.job_logs(client, args.submission_id))
-        return 0
+    if args.follow:
+        return _follow(client, args.submission_id)
+    _write(submission.job_logs(client, args.submission_id))
+    return 0
+
+
+def _follow(client, submission_id: str, hint: str = "") -> int:
+    """Stream the job's logs until it ends, then its status; exit code 1 if it failed, 130
+    if stopped by Ctrl-C (`hint` follows the message then)."""
     try:
-        info = submission.follow_logs(client, args.submission_id, _write)
+        info = submission.follow_logs(client, submission_id, _write)
     except KeyboardInterrupt:
-        print("\npointpeft-ray: stopped following; the job goes on", file=sys.stderr)
+        print(f"\npointpeft-ray: stopped following; the job goes on{hint}", file=sys.stderr)
         return 130
     print(submission.format_status(info))
     return submission.exit_code(info)

@@ -46,7 +46,8 @@ def write_job_report(job: "JobSpec", outcome: JobOutcome, report_dir: Path) -> s
     if outcome.task_rows.get("multitask"):
         sections.append(format_tasks(outcome.task_rows["multitask"]))
     if outcome.best_trial is not None:
-        sections.append(_search_report(Path(outcome.job_dir) / "tune", report_dir / "plots"))
+        search = build_report(Path(outcome.job_dir) / "tune", top=5, plots_dir=report_dir / "plots")
+        sections.append(format_report(search, show_best_config=False))
     if outcome.adapter_bank:
         sections.append(f"adapter bank: {outcome.adapter_bank}  (pointpeft-ray predict --bank "
                         f"{outcome.adapter_bank} --task NAME POINTS.npz)")
@@ -110,10 +111,6 @@ def comparison_png(rows: Sequence[Mapping], path: Path) -> Optional[Path]:
     axes.set_ylabel("best accuracy (%)")
     axes.legend(fontsize=8)
     return save_png(figure, path)
-
-
-def _search_report(tune_dir: Path, plots_dir: Path) -> str:
-    return format_report(build_report(tune_dir, top=5, plots_dir=plots_dir), show_best_config=False)
 
 
 def _accuracy(row: Optional[Mapping]) -> Optional[float]:

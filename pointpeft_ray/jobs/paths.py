@@ -21,11 +21,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 Kind = Literal["file", "folder"]
 
 
-def search_folders(job_dir: Optional[Path]) -> list[Path]:
-    folders = [Path(job_dir)] if job_dir is not None else []
-    return [*folders, REPO_ROOT, Path.cwd()]
-
-
 def resolve_reference(written: str, job_dir: Optional[Path], where: str, kind: Kind = "file") -> str:
     """The absolute path `written` refers to; ConfigError naming `where` and the folders
     looked in when there is none."""
@@ -35,7 +30,7 @@ def resolve_reference(written: str, job_dir: Optional[Path], where: str, kind: K
         if exists(path):
             return str(path)
         raise ConfigError(f"{where}: {kind} not found: {written}")
-    folders = search_folders(job_dir)
+    folders = ([Path(job_dir)] if job_dir is not None else []) + [REPO_ROOT, Path.cwd()]
     for folder in folders:
         candidate = folder / path
         if exists(candidate):

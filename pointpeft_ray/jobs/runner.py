@@ -110,12 +110,18 @@ def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Option
                                                 "multitask", job_dir, remote, address)
     outcome.adapter_bank = _write_adapter_bank(outcome, job_dir)
     if job.report:  # the command line prints it: the job's result, not its progress
-        outcome.report_text = _timed(outcome, "report", _report, job, outcome, job_dir)
+        outcome.report_text = _timed(outcome, "report", write_job_report, job, outcome, job_dir / REPORT_FOLDER)
 
 
 def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: Optional[str], status: str,
                      error: Optional[str] = None) -> None:
-    _write_summary(outcome, job, job_dir, status, error)
+    """job_summary.json, then (results on a URI) the driver's files uploaded."""
+    summary = {"job": job.name, "status": status, "error": error, "stages": job.stage_names(),
+               "wall_seconds": outcome.wall_seconds,
+               "stage_seconds": outcome.stage_seconds, "pretrained": outcome.pretrained,
+               "best_trial": _plain(outcome.best_trial), "adapter_bank": outcome.adapter_bank,
+               "results": {stage: str(job_dir / stage) for stage in STAGES if (job_dir / stage).exists()}}
+    atomic_write_text(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
     if remote:
         _upload_job(job_dir, remote)
 
@@ -136,9 +142,8 @@ def _upload_job(job_dir: Path, remote: str) -> None:
     there already (Ray Tune, Ray Train and each run write or upload their own; the
     fine-tune stages' tables went up with them), and this copy of them may be older."""
     for item in job_dir.iterdir():
-        if item.name in STAGES:
-            continue
-        upload(item, f"{remote}/{item.name}")
+        if item.name not in STAGES:
+            upload(item, f"{remote}/{item.name}")
 
 
 def _timed(outcome: JobOutcome, stage: str, function, *args):
@@ -222,25 +227,7 @@ def _write_adapter_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
     return str(path)
 
 
-def _report(job: JobSpec, outcome: JobOutcome, job_dir: Path) -> str:
-    return write_job_report(job, outcome, job_dir / REPORT_FOLDER)
-
-
-# --- files ---
-
-def _write_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, status: str,
-                   error: Optional[str] = None) -> None:
-    summary = {"job": job.name, "status": status, "error": error, "stages": job.stage_names(),
-               "wall_seconds": outcome.wall_seconds,
-               "stage_seconds": outcome.stage_seconds, "pretrained": outcome.pretrained,
-               "best_trial": _plain(outcome.best_trial), "adapter_bank": outcome.adapter_bank,
-               "results": {stage: str(job_dir / stage) for stage in STAGES if (job_dir / stage).exists()}}
-    atomic_write_text(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
-
-
 def _plain(row: Optional[dict]) -> Optional[dict]:
     if row is None:
         return None
     return {key: value for key, value in row.items() if not (isinstance(value, float) and value != value)}
-
-

@@ -13,6 +13,7 @@ backbone fits every run that loads it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,14 +145,12 @@ class JobSpec(StrictConfig):
             config = resolve_reference(self.pretrain.config, folder, "pretrain.config")
             changes["pretrain"] = self.pretrain.replace(config=config)
         if self.runtime_env.working_dir:
-            try:
+            # Left as written when it is not found: only `submit` uploads it (and checks it then);
+            # on the cluster, `run` reads the same file where that folder has already been uploaded.
+            with contextlib.suppress(ConfigError):
                 working_dir = resolve_reference(self.runtime_env.working_dir, folder, "runtime_env.working_dir",
                                                 "folder")
                 changes["runtime_env"] = self.runtime_env.replace(working_dir=working_dir)
-            except ConfigError:
-                # Only `submit` uploads it (and checks it then); on the cluster, `run`
-                # reads the same file where that folder has already been uploaded.
-                pass
         if not changes:
             return self
         job = self.replace(**changes)
@@ -298,8 +297,7 @@ class JobSpec(StrictConfig):
         """What validation fine-tunes in place of the best point: the space's default point."""
         if self._finetune_choice() != "best":
             return None
-        base = self.tune_config()
-        return self.search_space().default_point(base) or {}
+        return self.search_space().default_point(self.tune_config()) or {}
 
     # --- finetune ---
 
@@ -341,20 +339,17 @@ class JobSpec(StrictConfig):
         on_task = TrainConfig.from_dict(deep_merge(self._base_fields(), {"data": {"task": task}}), path=where)
         foundation = space.base_config(on_task) if space is not None else on_task
         if choice == "best":
-            yield "best", self._best_config(space, on_task, best_params)
+            try:
+                best = space.apply(on_task, active_point(space, best_params))
+            except ConfigError as err:
+                raise ConfigError(at("finetune (best point)", str(err))) from None
+            yield "best", best
         else:
             yield "base", foundation
         for baseline in self.finetune.compare:
             fields = deep_merge({**foundation.model_dump(), **BASELINES[baseline]},
                                self.finetune.overrides.get(baseline, {}))
             yield baseline, TrainConfig.from_dict(fields, path=f"finetune.compare ({baseline} on {task})")
-
-    @staticmethod
-    def _best_config(space: SearchSpace, on_task: TrainConfig, best_params: Mapping) -> TrainConfig:
-        try:
-            return space.apply(on_task, active_point(space, best_params))
-        except ConfigError as err:
-            raise ConfigError(at("finetune (best point)", str(err))) from None
 
     def _check_finetune(self, base: TrainConfig) -> None:
         if self.finetune.config == "best" and self.tune is None:
@@ -367,7 +362,9 @@ class JobSpec(StrictConfig):
 
     def task_configs(self) -> dict[str, TrainConfig]:
         """Each multitask entry's TrainConfig by its name: the base with the entry's changes."""
-        return {entry.name: self._task_config(index, entry) for index, entry in enumerate(self.multitask or [])}
+        base = self._base_fields()
+        return {entry.name: TrainConfig.from_dict(entry.applied_to(base), path=f"multitask[{index}]")
+                for index, entry in enumerate(self.multitask or [])}
 
     def multitask_runs(self) -> list[PlannedRun]:
         runs = []
@@ -375,9 +372,6 @@ class JobSpec(StrictConfig):
             resources = self._resources(entry.workers, entry.cpus, entry.gpus)
             runs.append(PlannedRun("multitask", name, entry.task, name, config, resources))
         return runs
-
-    def _task_config(self, index: int, entry: TaskEntry) -> TrainConfig:
-        return TrainConfig.from_dict(entry.applied_to(self._base_fields()), path=f"multitask[{index}]")
 
     def _check_multitask(self) -> None:
         seen: dict[str, int] = {}
@@ -404,15 +398,12 @@ def active_point(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any
     point: dict[str, Any] = {}
     for parameter in space.parameters:
         value = params.get(parameter.path, params.get(param_column(parameter.path)))
-        if isinstance(parameter, FixedParameter) or value is None or _is_nan(value):
+        missing = value is None or (isinstance(value, float) and math.isnan(value))
+        if isinstance(parameter, FixedParameter) or missing:
             continue
         if parameter.is_active(point):
             point[parameter.path] = value
     return point
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 def _weight_differences(pretrained: BackboneConfig, run: BackboneConfig) -> str:

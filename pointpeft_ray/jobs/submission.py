@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -98,11 +99,10 @@ def plan_submission(job_file: str | Path, working_dir: str | Path | None = None,
     job = JobSpec.from_yaml(path)  # ConfigError naming the file and the place in it
     path = path.resolve()
     folder = _working_dir(job, path, working_dir)
-    try:
-        relative = path.relative_to(folder)
-    except ValueError:
+    if not path.is_relative_to(folder):
         raise PointPEFTError(f"{path}: the job file is outside the working dir {folder}, which is what gets "
-                             "uploaded; put it inside, or pass --working-dir with a folder that holds it") from None
+                             "uploaded; put it inside, or pass --working-dir with a folder that holds it")
+    relative = path.relative_to(folder)
     all_excludes = list(dict.fromkeys([*UPLOAD_EXCLUDES, *_storage_exclude(job, folder), *excludes]))
     runtime_env = {**job.runtime_env.to_ray(), "working_dir": str(folder), "excludes": all_excludes}
     notes = _outside_references(job, folder)
@@ -168,29 +168,20 @@ def _storage_exclude(job: JobSpec, folder: Path) -> list[str]:
     are not uploaded (a relative storage is relative to where the job runs)."""
     if is_uri(job.storage):
         return []
-    storage = Path(job.storage).expanduser()
-    storage = storage if storage.is_absolute() else folder / storage
-    try:
-        inside = storage.resolve().relative_to(folder)
-    except ValueError:
+    storage = (folder / Path(job.storage).expanduser()).resolve()  # an absolute storage stays itself
+    if storage == folder or not storage.is_relative_to(folder):
         return []
-    return [f"/{inside.as_posix()}/"] if inside.parts else []
+    return [f"/{storage.relative_to(folder).as_posix()}/"]
 
 
 def _outside_references(job: JobSpec, folder: Path) -> list[str]:
     """Files the job reads that the upload will not hold."""
     references = {"tune.space": job.tune.space if job.tune else None,
                   "pretrain.config": job.pretrain.config if job.pretrain else None}
-    notes = []
-    for where, path in references.items():
-        if path is None:
-            continue
-        try:
-            Path(path).resolve().relative_to(folder)
-        except ValueError:
-            notes.append(f"{where}: {path} is outside the working dir, so it is not uploaded; "
-                         "the cluster must have it at that path")
-    return notes
+    outside = [(where, path) for where, path in references.items()
+               if path is not None and not Path(path).resolve().is_relative_to(folder)]
+    return [f"{where}: {path} is outside the working dir, so it is not uploaded; the cluster must have it at that path"
+            for where, path in outside]
 
 
 def _measure_upload(folder: Path, excludes: Sequence[str]) -> Optional[tuple[int, list[tuple[str, int]]]]:
@@ -209,8 +200,6 @@ def _measure_upload(folder: Path, excludes: Sequence[str]) -> Optional[tuple[int
     def add(path: Path) -> None:
         if path.is_file() and not path.is_symlink():
             sizes[path.relative_to(folder).as_posix()] = path.stat().st_size
-
-    import logging
 
     _dir_travel(folder, [_get_excludes(folder, patterns)], add, include_gitignore=include_gitignore,
                 logger=logging.getLogger(__name__))
