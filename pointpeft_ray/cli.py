@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
 
 from . import logs
-from .configuration import check_name, name_from_path
+from .configuration import check_name, name_from_path, parse_key_values
+from .data.inspect import format_summary, render_samples_png, summarise
 from .errors import PointPEFTError
 from .folder_lock import exclusive_folder
+from .jobs.commands import add_cluster_commands
 from .output import write_json
+from .results.storage import is_uri
+from .serving.commands import add_predict_command
+from .serving.convert import add_convert_command
 
 logger = logging.getLogger("pointpeft_ray.cli")  # not __name__: that is __main__ under `python -m`
 
@@ -37,24 +46,21 @@ def _run_bench_model(args) -> int:
     import torch
 
     from .bench.model import VARIANTS, BenchSettings, run_bench
+    from .models import fps_triton
+    from .models.presets import get_preset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise PointPEFTError(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
-    if args.fps == "triton":
-        from .models import fps_triton
-
-        if not fps_triton.usable(torch.zeros(1, 1, 3, device=device)):
-            raise PointPEFTError(f"--fps triton: the Triton kernel cannot run on device {device} here "
-                                 "(it needs triton and a CUDA device); use --fps torch or auto")
+    if args.fps == "triton" and not fps_triton.usable(torch.zeros(1, 1, 3, device=device)):
+        raise PointPEFTError(f"--fps triton: the Triton kernel cannot run on device {device} here "
+                             "(it needs triton and a CUDA device); use --fps torch or auto")
+    get_preset(args.preset)  # fail fast on a bad name
     settings = BenchSettings(preset=args.preset, batch=args.batch, num_points=args.points, steps=args.steps,
                              warmup=args.warmup, device=device, bf16=args.bf16, compile=args.compile,
                              fps=args.fps, profile_dir=args.profile_dir)
-    from .models.presets import get_preset
-
-    get_preset(args.preset)  # fail fast on a bad name
     run_bench(settings, variants, args.json_path)
     return 0
 
@@ -86,28 +92,24 @@ def _add_data_source_args(p) -> None:
 
 
 def _load_splits(args) -> dict:
-    from .configuration import parse_key_values
+    """The task's splits, read or made into the cache, after their counts are printed."""
     from .data.tasks import get_task, load_task_split
 
     task = get_task(args.task).with_options(**parse_key_values(args.option, "--option"))
-    return {split: load_task_split(task, split, args.root, args.cache_dir, args.allow_pickle) for split in task.splits}
+    splits = {split: load_task_split(task, split, args.root, args.cache_dir, args.allow_pickle)
+              for split in task.splits}
+    print(format_summary(args.task, summarise(splits)))
+    return splits
 
 
 def _run_data_prepare(args) -> int:
-    from .data.inspect import format_summary, summarise
-
-    splits = _load_splits(args)
-    print(format_summary(args.task, summarise(splits)))
-    for name, data in splits.items():
+    for name, data in _load_splits(args).items():
         print(f"cached {name}: {data.source}")
     return 0
 
 
 def _run_data_inspect(args) -> int:
-    from .data.inspect import format_summary, render_samples_png, summarise
-
     splits = _load_splits(args)
-    print(format_summary(args.task, summarise(splits)))
     png = args.png or f"{args.task.replace('/', '_')}-samples.png"
     render_samples_png(splits[args.split], png, per_class=args.per_class)
     print(f"picture of {args.per_class} {args.split} samples per class: {png}")
@@ -152,24 +154,30 @@ def _add_train(commands) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _check_name_flag(args) -> None:
-    if args.name is not None:
-        check_name(args.name, "--name")
+def _run_name(args, default_from: str) -> str:
+    """--name (checked: it becomes a folder), else the stem of the file `default_from`."""
+    return check_name(args.name, "--name") if args.name is not None else name_from_path(default_from)
+
+
+def _ray_run_settings(args, name: str):
+    """The Ray Train run the flags of _add_ray_run_args describe."""
+    from .distributed.train import RayRunSettings
+
+    return RayRunSettings(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
+                          cpus_per_worker=args.cpus_per_worker, name=name, storage_path=args.storage,
+                          max_failures=args.max_failures)
 
 
 def _run_train(args) -> int:
-    from .distributed.train import RayRunSettings
     from .engine.config import TrainConfig
 
-    _check_name_flag(args)
+    name = _run_name(args, args.config)
     config = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         config = config.replace(optim=config.optim.replace(epochs=args.epochs).model_dump())
     if args.compile:
         config = config.replace(compile=True)
-    settings = RayRunSettings(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
-                              cpus_per_worker=args.cpus_per_worker, name=args.name or name_from_path(args.config),
-                              storage_path=args.storage, max_failures=args.max_failures)
+    settings = _ray_run_settings(args, name)
     try:
         if args.in_process:
             summary = _train_in_process(config, settings)
@@ -197,8 +205,6 @@ def _train_in_process(config, settings):
 
 
 def _train_on_ray(config, settings, address):
-    import time
-
     from .distributed.train import best_checkpoint, fit, with_log_dir
     from .engine.summary import RunSummary
 
@@ -220,14 +226,10 @@ def _add_pretrain(commands) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from pathlib import Path
-
     from .pretrain.config import PretrainConfig
-    from .results.storage import is_uri
 
-    _check_name_flag(args)
+    name = _run_name(args, args.config)
     config = PretrainConfig.from_yaml(args.config)
-    name = args.name or name_from_path(args.config)
     # A local folder per run name: in-process runs resume from it (as Ray runs do by name)
     # and the checkpoint lands in it by default; a storage URI keeps only Ray's state.
     local_storage = args.storage if args.storage and not is_uri(args.storage) else "runs"
@@ -249,12 +251,8 @@ def _run_pretrain(args) -> int:
             result = pretrain(config)
     else:
         from .distributed.pretrain import fit_pretrain
-        from .distributed.train import RayRunSettings
 
-        settings = RayRunSettings(workers=args.workers, use_gpu=args.gpu, gpus_per_worker=args.gpus_per_worker,
-                                  cpus_per_worker=args.cpus_per_worker, name=name,
-                                  storage_path=args.storage, max_failures=args.max_failures)
-        result = fit_pretrain(config, settings, args.address)
+        result = fit_pretrain(config, _ray_run_settings(args, name), args.address)
     loss = "n/a (no epoch left to run)" if result.final_loss is None else f"{result.final_loss:.5f}"
     print(f"pre-training done: final chamfer-l2 {loss} after {result.epochs} epochs; "
           f"wall {result.wall_seconds:.1f}s; checkpoint: {result.checkpoint}")
@@ -276,8 +274,6 @@ def _add_run(commands) -> None:
 
 
 def _run_job(args) -> int:
-    from dataclasses import asdict
-
     from .jobs.runner import run_job
     from .jobs.spec import JobSpec
 
@@ -338,22 +334,20 @@ def _add_tune(commands) -> None:
 
 
 def _run_tune(args) -> int:
-    from dataclasses import asdict
-
     from .distributed.tune import SearchSettings, run_search
     from .engine.config import TrainConfig
     from .search.space import SearchSpace
 
-    _check_name_flag(args)
+    name = _run_name(args, args.space)
     base = TrainConfig.from_yaml(args.config).check_paths()
     if args.epochs is not None:
         base = base.replace(optim=base.optim.replace(epochs=args.epochs).model_dump())
     space = SearchSpace.from_yaml(args.space)
-    settings = SearchSettings(samples=args.samples, name=args.name or name_from_path(args.space),
-                              storage_path=args.storage, cpus_per_trial=args.cpus_per_trial,
-                              gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
-                              max_concurrent=args.max_concurrent, seed=args.seed, asha=not args.no_asha,
-                              grace_period=args.grace_period, multi_objective=args.multi_objective)
+    settings = SearchSettings(samples=args.samples, name=name, storage_path=args.storage,
+                              cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                              workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent,
+                              seed=args.seed, asha=not args.no_asha, grace_period=args.grace_period,
+                              multi_objective=args.multi_objective)
     try:
         outcome = run_search(base, space, settings, args.address, resume=args.resume, repair=args.repair)
     except KeyboardInterrupt:
@@ -458,11 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(commands)
     _add_report(commands)
     _add_pretrain(commands)
-    from .jobs.commands import add_cluster_commands
     add_cluster_commands(commands)
-    from .serving.commands import add_predict_command
     add_predict_command(commands)
-    from .serving.convert import add_convert_command
     add_convert_command(commands)
     _add_run(commands)
     data = commands.add_parser("data", help="prepare and inspect datasets")
@@ -471,8 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     args = build_parser().parse_args(argv)
     if args.log_level:
         os.environ[logs.LEVEL_ENV] = args.log_level  # Ray's processes inherit it (pointpeft_ray/logs.py)
