@@ -15,20 +15,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..engine.context import TuneTrialContext
 from ..engine.loop import prepare_run, train
 from ..errors import ConfigError
 from ..folder_lock import exclusive_folder
 from ..logs import quiet
-from ..results.storage import check_storage_path, is_uri
+from ..results.storage import join
 from ..search.space import SearchSpace
 from .cluster import ensure_ray, verbose
-from .train import _worker_loop, launch, worker_logging
+from .train import NamedStorage, _worker_loop, launch, worker_logging
 from .weights import share_checkpoints, shared_tensors
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
@@ -38,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SearchSettings:
+class SearchSettings(NamedStorage):
     samples: int = 8
     name: str = "pointpeft-search"
     storage_path: Optional[str] = None  # local folder or pyarrow.fs URI; default ./runs
@@ -52,23 +50,10 @@ class SearchSettings:
     multi_objective: bool = False  # maximise accuracy and minimise trainable parameters
     max_failures: int = 1  # retries of a crashed trial, from its last checkpoint
 
-    def __post_init__(self):
-        check_name(self.name, "search name")
-        check_storage_path(self.storage_path, "--storage")
-
-    def storage(self) -> str:
-        return self.storage_path or str(Path("runs").resolve())
+    KIND = "search"
 
     def experiment_dir(self) -> str:
-        storage = self.storage()
-        return f"{storage.rstrip('/')}/{self.name}" if is_uri(storage) else str(Path(storage) / self.name)
-
-    def local_experiment_dir(self) -> Optional[str]:
-        """The experiment folder when storage is on this machine (None for a URI such as s3://)."""
-        storage = self.storage()
-        if is_uri(storage) and not storage.startswith("file://"):
-            return None
-        return str(Path(storage.removeprefix("file://")) / self.name)
+        return join(self.storage(), self.name)
 
 
 def run_search(base: TrainConfig, space: SearchSpace, settings: SearchSettings, address: str | None = None,
@@ -78,7 +63,7 @@ def run_search(base: TrainConfig, space: SearchSpace, settings: SearchSettings, 
     `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
     A name that already holds a search is refused unless `resume` (or `repair`) says what to do,
     and so is a search another process is writing (folder_lock)."""
-    with exclusive_folder(settings.local_experiment_dir(), f"search {settings.name!r}"):
+    with exclusive_folder(settings.local_run_dir(), f"search {settings.name!r}"):
         return _search(base, space, settings, address, resume, callbacks, repair)
 
 

@@ -28,6 +28,11 @@ def is_uri(path) -> bool:
     return isinstance(path, str) and "://" in path
 
 
+def join(folder, name: str) -> str:
+    """`name` inside `folder`, a local path or a filesystem URI."""
+    return f"{folder.rstrip('/')}/{name}" if is_uri(folder) else str(Path(folder) / name)
+
+
 def check_storage_path(storage, what: str = "storage path") -> None:
     """A local storage path must be a folder or creatable as one: a file in its place
     (or in place of a parent) is named now, before Ray starts, not as an OSError later."""
@@ -132,5 +137,8 @@ def download_file(uri: str, local) -> bool:
 
 
 def exists_at(uri: str) -> bool:
+    """Whether anything is at `uri` (a filesystem URI, or a local path)."""
+    if not is_uri(uri):
+        return Path(uri).exists()
     filesystem, inner = pafs.FileSystem.from_uri(uri)
     return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
