@@ -51,8 +51,7 @@ def check_storage_path(storage, what: str = "storage path") -> None:
 def write_table_atomic(table: pa.Table, path) -> str:
     """Write `table` as Parquet at `path` (a local path or a filesystem URI), atomically."""
     if is_uri(path):
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        _publish(filesystem, inner, lambda target: pq.write_table(table, target, filesystem=filesystem))
+        _publish(path, lambda filesystem, target: pq.write_table(table, target, filesystem=filesystem))
     else:
         with atomic_file(path) as tmp:
             pq.write_table(table, str(tmp))
@@ -62,29 +61,28 @@ def write_table_atomic(table: pa.Table, path) -> str:
 def write_text(path, text: str) -> str:
     """Write a text file at `path` (a local path or a filesystem URI), atomically."""
     if is_uri(path):
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-
-        def write(target: str) -> None:
+        def write(filesystem: pafs.FileSystem, target: str) -> None:
             with filesystem.open_output_stream(target) as stream:
                 stream.write(text.encode())
-        _publish(filesystem, inner, write)
+        _publish(path, write)
     else:
         atomic_write_text(path, text)
     return str(path)
 
 
-def _publish(filesystem: pafs.FileSystem, path: str, write: Callable[[str], None]) -> None:
-    """`write(target)` writes the file; it appears at `path` only once complete."""
+def _publish(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
+    """`write(filesystem, target)` writes the file; it appears at `uri` only once complete."""
+    filesystem, path = pafs.FileSystem.from_uri(uri)
     parent, name = posixpath.split(path)
     if parent:
         filesystem.create_dir(parent, recursive=True)
     if filesystem.type_name in OBJECT_STORES:
-        write(path)
+        write(filesystem, path)
         return
     # pid + thread: concurrent writers of one file never share a temporary.
     tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        write(tmp)
+        write(filesystem, tmp)
         filesystem.move(tmp, path)
     finally:
         if filesystem.get_file_info(tmp).type != pafs.FileType.NotFound:
