@@ -88,7 +88,8 @@ def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None,
         epochs += [{**metrics, "trial_id": run.label} for metrics in history]
         logger.info(f"[task] {run.label}: {row['status']}" + (f", best accuracy {row['best_accuracy']:.2f}"
                     if row["status"] == "completed" else f": {row['error']}"))
-        _write_tables(rows, epochs, experiment_dir)
+        write_table_atomic(tasks_table(rows), str(experiment_dir / TASKS_FILE))
+        write_table_atomic(epochs_table(epochs), str(experiment_dir / EPOCHS_FILE))
     return rows
 
 
@@ -190,9 +191,3 @@ def _outcome(run_dir: str, history: list[dict], trainable: Optional[int], total:
            "total_params": total, "adapter_path": str(adapter) if adapter.is_dir() else None,
            "node": node_id(), "node_ip": ray.util.get_node_ip_address(), "wall_seconds": time.perf_counter() - start}
     return {"row": row, "history": history}
-
-
-def _write_tables(rows: list[dict], epochs: list[dict], experiment_dir: Path) -> None:
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(tasks_table(rows), str(experiment_dir / TASKS_FILE))
-    write_table_atomic(epochs_table(epochs), str(experiment_dir / EPOCHS_FILE))

@@ -160,9 +160,7 @@ class SearchRecorder(Callback):
                              best_accuracy=best["best_accuracy"] if best else None, status_counts=counts)
 
     def _path(self, name: str) -> str:
-        if not is_uri(self.experiment_dir):
-            Path(self.experiment_dir).mkdir(parents=True, exist_ok=True)
-        return join(self.experiment_dir, name)
+        return join(self.experiment_dir, name)  # writers create a local folder (atomic_file)
 
     def has_record(self) -> bool:
         """Whether the experiment folder holds this recorder's tables already."""

@@ -120,16 +120,10 @@ def _trainable(base: TrainConfig, space: SearchSpace, settings: SearchSettings, 
     trainable = ray.tune.with_parameters(_run_trial, base_config=base.model_dump(), space_raw=space.to_dict(),
                                          workers=settings.workers_per_trial, worker_resources=worker_resources,
                                          weights=[weights])
-    return ray.tune.with_resources(trainable, _trial_resources(settings))
-
-
-def _trial_resources(settings: SearchSettings):
-    import ray.tune
-
     if settings.workers_per_trial == 1:
-        return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+        return ray.tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     # The trial only drives a TorchTrainer: a sliver of a CPU; its workers ask for their own.
-    return ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK")
+    return ray.tune.with_resources(trainable, ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK"))
 
 
 def _new_tuner(base: TrainConfig, space: SearchSpace, settings: SearchSettings, callbacks: list, weights=None):
@@ -215,13 +209,9 @@ def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, w
     config = space.apply(base, params)
     # The shared weights are base's checkpoint; a point that names another reads its file.
     weights_ref = weights[0] if config.model.checkpoint == base.model.checkpoint else None
-    if workers == 1:
-        _train_in_trial(config, weights_ref)
-    else:
+    if workers > 1:
         _train_with_workers(config, workers, worker_resources, weights_ref)
-
-
-def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
+        return
     worker_logging()
     with quiet():  # one trial among many: the search's progress line speaks for it
         train(config, context=TuneTrialContext(), pretrained=shared_tensors(weights_ref))

@@ -431,10 +431,6 @@ class AdapterBank:
     def names(self) -> list[str]:
         return list(self.index["entries"])
 
-    @property
-    def backbone_info(self) -> dict:
-        return dict(self.index["backbone"])
-
     def entry(self, name: str) -> dict:
         entries = self.index["entries"]
         if name not in entries:

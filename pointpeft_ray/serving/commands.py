@@ -58,7 +58,7 @@ def run_predict(args) -> int:
     given = read_points_file(args.points_file) if args.points_file else None
     bank = AdapterBank.open(args.bank, device=args.device)
     names = bank.resolve_names(args.tasks)
-    info = bank.backbone_info
+    info = bank.index["backbone"]
     origin = info.get("checkpoint") or f"init seed {info.get('init_seed')}"
     print(f"bank {args.bank}: {len(bank.names)} adapters; backbone {info['fingerprint'][:12]} ({origin}) "
           f"built in {bank.backbone_seconds:.2f}s on {bank.device}")
