@@ -74,7 +74,8 @@ def trials_table(records: Iterable[Mapping[str, Any]], space) -> pa.Table:
 
 
 def trial_row(record: Mapping[str, Any], space) -> dict[str, Any]:
-    """A record flattened to the table's column names."""
+    """A record as the table's columns: params and metrics flattened (param.X, final_X,
+    best_X); its other keys are columns already (_table skips the nested ones)."""
     unknown = set(record) - _RECORD_KEYS
     if unknown:
         raise ResultsError(f"trial record: unknown key(s) {sorted(unknown)}; expected {sorted(_RECORD_KEYS)}")
@@ -82,12 +83,9 @@ def trial_row(record: Mapping[str, Any], space) -> dict[str, Any]:
     if trial_id is None or record.get("status") not in TRIAL_STATUSES:
         raise ResultsError(f"trial record {trial_id!r}: needs a trial_id and a status in {TRIAL_STATUSES}, "
                            f"got status {record.get('status')!r}")
-    row = {name: record.get(name) for name, _ in _TRIAL_HEAD}
-    row.update(_param_values(trial_id, record.get("params") or {}, space))
-    row.update(_metric_values(trial_id, "final", record.get("final") or {}, METRICS))
-    row.update(_metric_values(trial_id, "best", record.get("best") or {}, METRICS + ("epoch",)))
-    row.update({name: record.get(name) for name in ("epochs", "trainable_params", "wall_seconds", "node", "error")})
-    return row
+    return {**record, **_param_values(trial_id, record.get("params") or {}, space),
+            **_metric_values(trial_id, "final", record.get("final") or {}, METRICS),
+            **_metric_values(trial_id, "best", record.get("best") or {}, METRICS + ("epoch",))}
 
 
 def _param_values(trial_id, params: Mapping[str, Any], space) -> dict[str, Any]:
