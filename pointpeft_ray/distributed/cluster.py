@@ -21,7 +21,7 @@ def train_logging_config():
     return ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(address: str | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -46,7 +46,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # The dashboard (bound to loopback) also serves the state API that Ray
     # Train's clean-up monitor polls; without it that monitor logs warnings.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", log_to_driver=True, logging_level=_ray_log_level())
 
 

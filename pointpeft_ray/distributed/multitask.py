@@ -25,7 +25,7 @@ from ..engine.loop import ADAPTER_DIR, train
 from ..errors import PointPEFTError
 from ..folder_lock import exclusive_folder
 from ..logs import quiet
-from ..results.storage import download_folder, upload, write_table_atomic
+from ..results.storage import download_folder, join, upload, write_table_atomic
 from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
 from .cluster import ensure_ray
 from .train import RayRunSettings, best_checkpoint, fit, worker_logging
@@ -88,7 +88,8 @@ def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None,
         epochs += [{**metrics, "trial_id": run.label} for metrics in history]
         logger.info(f"[task] {run.label}: {row['status']}" + (f", best accuracy {row['best_accuracy']:.2f}"
                     if row["status"] == "completed" else f": {row['error']}"))
-        _write_tables(rows, epochs, experiment_dir)
+        write_table_atomic(tasks_table(rows), str(experiment_dir / TASKS_FILE))
+        write_table_atomic(epochs_table(epochs), str(experiment_dir / EPOCHS_FILE))
     return rows
 
 
@@ -114,7 +115,7 @@ def _launch(run: TaskRun, experiment_dir: Path, weights_ref, sync_uri: Optional[
     import ray
 
     config = run.config.replace(run_dir=str(experiment_dir / run.label)).model_dump()
-    upload_to = f"{sync_uri.rstrip('/')}/{run.label}" if sync_uri else None
+    upload_to = join(sync_uri, run.label) if sync_uri else None
     if run.workers == 1:
         task = ray.remote(num_cpus=run.cpus, num_gpus=run.gpus, max_retries=0)(_train_task)
         return task.remote(config, weights_ref, upload_to)
@@ -122,7 +123,7 @@ def _launch(run: TaskRun, experiment_dir: Path, weights_ref, sync_uri: Optional[
     # goes in a list: Ray resolves a bare ref argument, and the launcher hands the ref (not
     # its arrays) on to the workers.
     launcher = ray.remote(num_cpus=0, max_retries=0)(_train_distributed_task)
-    ray_storage = f"{sync_uri.rstrip('/')}/ray" if sync_uri else str(experiment_dir / "ray")
+    ray_storage = join(sync_uri or experiment_dir, "ray")
     return launcher.remote(config, [weights_ref], run.workers, run.cpus, run.gpus, run.label, ray_storage, upload_to)
 
 
@@ -145,15 +146,12 @@ def _train_task(config_dict: dict, weights_ref=None, upload_to: Optional[str] = 
     worker_logging()
     config = TrainConfig.from_dict(config_dict)
     start = time.perf_counter()
-    _download_if_absent(upload_to, config.run_dir)
+    if upload_to and not Path(config.run_dir).exists():  # it ran (or began) on another node: resume from there
+        download_folder(upload_to, config.run_dir)
     with quiet():  # one task among several: the driver's lines say how it went
         result = train(config, pretrained=shared_tensors(weights_ref),
                        report=lambda metrics: _write_progress(config, metrics))
-    best = Path(config.run_dir) / "best"
-    row = _metrics_row(result.history, result.trainable_params, result.total_params)
-    row["adapter_path"] = str(best / ADAPTER_DIR) if (best / ADAPTER_DIR).is_dir() else None
-    _upload(config.run_dir, upload_to)
-    return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": result.history}
+    return _outcome(config.run_dir, result.history, result.trainable_params, result.total_params, start, upload_to)
 
 
 def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int, cpus: float, gpus: float,
@@ -169,45 +167,27 @@ def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int,
         raise PointPEFTError(f"{label}: {result.error}")
     with result.checkpoint.as_directory() as directory:
         state = load_state(Path(directory) / STATE_FILE)
-    history = list(state["history"])
     best = best_checkpoint(result)
-    row = _metrics_row(history, state.get("trainable_params"), state.get("total_params"))
-    # Beside the one-worker runs' (storage may be a URI): RUN_DIR/best holds the export.
-    best_dir = Path(config.run_dir) / "best"
-    if best is not None:
-        best.to_directory(str(best_dir))
-    row["adapter_path"] = str(best_dir / ADAPTER_DIR) if (best_dir / ADAPTER_DIR).is_dir() else None
-    _upload(config.run_dir, upload_to)
-    return {"row": {**row, **_node(), "wall_seconds": time.perf_counter() - start}, "history": history}
+    if best is not None:  # beside the one-worker runs' (storage may be a URI): RUN_DIR/best holds the export
+        best.to_directory(str(Path(config.run_dir) / "best"))
+    return _outcome(config.run_dir, list(state["history"]), state.get("trainable_params"), state.get("total_params"),
+                    start, upload_to)
 
 
-def _download_if_absent(upload_to: Optional[str], run_dir: str) -> None:
-    """A run that ran (or began) on another node resumes from what it uploaded."""
-    if upload_to and not Path(run_dir).exists():
-        download_folder(upload_to, run_dir)
-
-
-def _upload(run_dir: str, upload_to: Optional[str]) -> None:
-    if upload_to:
-        upload(run_dir, upload_to)
-
-
-def _metrics_row(history: list[dict], trainable: Optional[int], total: Optional[int]) -> dict:
-    final = history[-1] if history else {}
-    return {"best_accuracy": final.get("best_accuracy"), "best_epoch": final.get("best_epoch"),
-            "final_accuracy": final.get("val_accuracy"), "final_mean_class_accuracy":
-            final.get("val_mean_class_accuracy"), "final_loss": final.get("val_loss"),
-            "epochs": len(history), "trainable_params": trainable or final.get("trainable_params"),
-            "total_params": total}
-
-
-def _node() -> dict:
+def _outcome(run_dir: str, history: list[dict], trainable: Optional[int], total: Optional[int], start: float,
+             upload_to: Optional[str]) -> dict:
+    """What a task returns: its row of tasks.parquet and its epochs. The run folder is
+    uploaded to `upload_to` first, when given."""
     import ray
 
-    return {"node": node_id(), "node_ip": ray.util.get_node_ip_address()}
-
-
-def _write_tables(rows: list[dict], epochs: list[dict], experiment_dir: Path) -> None:
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(tasks_table(rows), str(experiment_dir / TASKS_FILE))
-    write_table_atomic(epochs_table(epochs), str(experiment_dir / EPOCHS_FILE))
+    if upload_to:
+        upload(run_dir, upload_to)
+    final = history[-1] if history else {}
+    adapter = Path(run_dir) / "best" / ADAPTER_DIR
+    row = {"best_accuracy": final.get("best_accuracy"), "best_epoch": final.get("best_epoch"),
+           "final_accuracy": final.get("val_accuracy"), "final_mean_class_accuracy":
+           final.get("val_mean_class_accuracy"), "final_loss": final.get("val_loss"),
+           "epochs": len(history), "trainable_params": trainable or final.get("trainable_params"),
+           "total_params": total, "adapter_path": str(adapter) if adapter.is_dir() else None,
+           "node": node_id(), "node_ip": ray.util.get_node_ip_address(), "wall_seconds": time.perf_counter() - start}
+    return {"row": row, "history": history}

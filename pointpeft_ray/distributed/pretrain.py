@@ -56,7 +56,7 @@ def _fit_pretrain(config: PretrainConfig, settings: RayRunSettings, address: str
         raise PointPEFTError(f"pre-training failed: {ray_result.error}")
     output = config.output_path() or Path(storage) / settings.name / "pretrain.pth"
     result = _result_from_checkpoint(ray_result.checkpoint, output)
-    result.total_params = _parameter_count(config)
+    result.total_params = sum(p.numel() for p in PointMAEPretrainModel(config.model.backbone, config.mae).parameters())
     result.wall_seconds = time.perf_counter() - start
     logger.info(f"[pretrain] wrote {result.checkpoint}")
     return result
@@ -71,8 +71,3 @@ def _result_from_checkpoint(checkpoint, output: Path) -> PretrainResult:
     path = write_pretrain_checkpoint(state["model"], output, state["epochs_done"])
     return PretrainResult(history=history, final_loss=history[-1]["train_loss"] if history else None,
                           epochs=int(state["epochs_done"]), checkpoint=path)
-
-
-def _parameter_count(config: PretrainConfig) -> int:
-    model = PointMAEPretrainModel(config.model.backbone, config.mae)
-    return sum(p.numel() for p in model.parameters())

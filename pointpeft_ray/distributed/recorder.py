@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,7 +31,7 @@ from ..engine.config import TrainConfig
 from ..engine.epochs import RESTORED_EPOCHS_KEY
 from ..errors import DamagedRecordError, ResultsError
 from ..results.best_config import best_trial, write_best_config
-from ..results.storage import exists_at, is_uri, write_table_atomic
+from ..results.storage import exists_at, is_uri, join, write_table_atomic
 from ..results.tables import (BEST_CONFIG_FILE, EPOCH_COLUMNS, EPOCHS_FILE, PARAM_PREFIX, TRIALS_FILE, epochs_table,
                               final_and_best, read_epochs, read_trials, trials_table)
 from ..search.space import SearchSpace
@@ -66,8 +67,7 @@ class SearchRecorder(Callback):
         self.load_written()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        record = self._record(trial)
-        record["status"] = "running"
+        self._record(trial)["status"] = "running"
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         record = self._record(trial)
@@ -86,12 +86,11 @@ class SearchRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         record = self._record(trial)
-        last_epoch = max((epoch for (tid, epoch) in self.epochs if tid == trial.trial_id), default=0)
-        planned = record["params"].get("optim.epochs", self.base.optim.epochs)  # the space may search it
-        if last_epoch < planned:
-            record["status"], record["stop_reason"] = "stopped", f"early stopping (ASHA) after epoch {last_epoch}"
-        else:
+        last_epoch, finished = self._last_epoch(trial.trial_id, record["params"])
+        if finished:
             record["status"], record["stop_reason"] = "completed", f"finished {last_epoch} epochs"
+        else:
+            record["status"], record["stop_reason"] = "stopped", f"early stopping (ASHA) after epoch {last_epoch}"
         self.write()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -113,6 +112,11 @@ class SearchRecorder(Callback):
         params = {k: v for k, v in trial.config.items() if k in set(self.space.parameter_names())}
         return self.trials.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "status": "pending",
                                                        "params": params})
+
+    def _last_epoch(self, trial_id: str, params: dict) -> tuple[int, bool]:
+        """The trial's last recorded epoch, and whether that is all the epochs it planned."""
+        last = max((epoch for (tid, epoch) in self.epochs if tid == trial_id), default=0)
+        return last, last >= params.get("optim.epochs", self.base.optim.epochs)  # the space may search it
 
     def _trial_records(self) -> list[dict]:
         records = []
@@ -145,9 +149,7 @@ class SearchRecorder(Callback):
 
     def outcome(self) -> SearchOutcome:
         records = self._trial_records()
-        counts: dict[str, int] = {}
-        for record in records:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        counts = dict(Counter(record["status"] for record in records))
         table = trials_table(records, self.space)
         try:
             best = best_trial(table)  # the same choice (and tie-break) as best_config.yaml
@@ -158,14 +160,11 @@ class SearchRecorder(Callback):
                              best_accuracy=best["best_accuracy"] if best else None, status_counts=counts)
 
     def _path(self, name: str) -> str:
-        if is_uri(self.experiment_dir):
-            return f"{self.experiment_dir.rstrip('/')}/{name}"
-        Path(self.experiment_dir).mkdir(parents=True, exist_ok=True)
-        return str(Path(self.experiment_dir) / name)
+        return join(self.experiment_dir, name)  # writers create a local folder (atomic_file)
 
     def has_record(self) -> bool:
         """Whether the experiment folder holds this recorder's tables already."""
-        return any(self._exists(self._path(name)) for name in (TRIALS_FILE, EPOCHS_FILE))
+        return any(exists_at(self._path(name)) for name in (TRIALS_FILE, EPOCHS_FILE))
 
     def load_written(self) -> None:
         """A resumed search starts from what was recorded before the interruption.
@@ -203,7 +202,7 @@ class SearchRecorder(Callback):
 
     def _read_if_present(self, name: str, reader: Callable[[str], pa.Table]) -> Optional[pa.Table]:
         path = self._path(name)
-        if not self._exists(path):
+        if not exists_at(path):
             return None
         try:
             return reader(path)
@@ -211,10 +210,6 @@ class SearchRecorder(Callback):
             raise DamagedRecordError(
                 f"{err}. The search's record is left as it is; rebuild it from Ray Tune's trial folders with the "
                 "same tune command plus --repair (the damaged file is kept beside it)") from None
-
-    @staticmethod
-    def _exists(path: str) -> bool:
-        return exists_at(path) if is_uri(path) else Path(path).exists()
 
     def _load_epochs(self, table: pa.Table) -> None:
         for row in table.to_pylist():
@@ -255,12 +250,11 @@ class SearchRecorder(Callback):
         record = {"trial_id": trial_id, "params": params, "node": last.get("node_id") or last.get("node_ip"),
                   "trainable_params": last.get("trainable_params"), "wall_seconds": last.get("time_total_s")}
         error_file = folder / "error.txt"
-        epochs = max((epoch for (tid, epoch) in self.epochs if tid == trial_id), default=0)
-        planned = params.get("optim.epochs", self.base.optim.epochs)
+        epochs, finished = self._last_epoch(trial_id, params)
         if error_file.is_file():
             record.update(status="failed", stop_reason="error",
-                          error=_summarised_traceback(_ANSI.sub("", error_file.read_text(errors="replace"))))
-        elif epochs >= planned:
+                          error=_summarised_traceback(error_file.read_text(errors="replace")))
+        elif finished:
             record.update(status="completed", stop_reason=f"finished {epochs} epochs")
         else:
             record.update(status="stopped", stop_reason=f"rebuilt from its trial folder after epoch {epochs} "
@@ -298,12 +292,13 @@ def _error_text(trial) -> Optional[str]:
         return _ANSI.sub("", f"{type(error).__name__}: {error}")
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
-        return _summarised_traceback(_ANSI.sub("", Path(path).read_text()))
+        return _summarised_traceback(Path(path).read_text())
     return "unknown error"
 
 
 def _summarised_traceback(text: str) -> str:
-    """`Type: message` of the innermost exception first, then the traceback's tail."""
+    """`Type: message` of the innermost exception first, then the traceback's tail (colours removed)."""
+    text = _ANSI.sub("", text)
     lines = [line for line in text.strip().splitlines() if _EXCEPTION_LINE.match(line)]
     if not lines:
         return text[-4000:]

@@ -28,8 +28,29 @@ SCORE_METRIC = "checkpoint_score"  # see engine.context.RayTrainContext
 logger = logging.getLogger(__name__)
 
 
+class NamedStorage:
+    """What a Ray run's and a search's settings share: `name`, a folder under `storage_path`
+    (a local folder or a pyarrow.fs URI; default ./runs)."""
+
+    KIND = "run"  # names the setting in errors ("run name")
+
+    def __post_init__(self):
+        check_name(self.name, f"{self.KIND} name")
+        check_storage_path(self.storage_path, "--storage")
+
+    def storage(self) -> str:
+        return self.storage_path or str(Path("runs").resolve())
+
+    def local_run_dir(self) -> Path | None:
+        """The folder `name` when storage is on this machine (None for a URI such as s3://)."""
+        storage = self.storage()
+        if is_uri(storage) and not storage.startswith("file://"):
+            return None
+        return Path(storage.removeprefix("file://")) / self.name
+
+
 @dataclass
-class RayRunSettings:
+class RayRunSettings(NamedStorage):
     workers: int = 1
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu: a fraction lets several small runs share a GPU
@@ -37,10 +58,6 @@ class RayRunSettings:
     name: str = "pointpeft-train"
     storage_path: str | None = None  # local folder or pyarrow.fs URI; default ./runs
     max_failures: int = 0
-
-    def __post_init__(self):
-        check_name(self.name, "run name")
-        check_storage_path(self.storage_path, "--storage")
 
     def resolved(self) -> "RayRunSettings":
         """CPUs per worker filled in from the running cluster. Ray sets a worker's torch
@@ -62,16 +79,6 @@ class RayRunSettings:
             resources["GPU"] = self.gpus_per_worker
         return ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
                                        resources_per_worker=resources)
-
-    def storage(self) -> str:
-        return self.storage_path or str(Path("runs").resolve())
-
-    def local_run_dir(self) -> Path | None:
-        """The run's folder when storage is a local path (None for a URI such as s3://)."""
-        storage = self.storage()
-        if is_uri(storage) and not storage.startswith("file://"):
-            return None
-        return Path(storage.removeprefix("file://")) / self.name
 
 
 # Loggers of Ray Train / Tune internals that write a line at INFO for every checkpoint.

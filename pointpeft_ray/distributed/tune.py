@@ -15,20 +15,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ..configuration import check_name
 from ..engine.config import TrainConfig
 from ..engine.context import TuneTrialContext
 from ..engine.loop import prepare_run, train
 from ..errors import ConfigError
 from ..folder_lock import exclusive_folder
 from ..logs import quiet
-from ..results.storage import check_storage_path, is_uri
+from ..results.storage import join
 from ..search.space import SearchSpace
 from .cluster import ensure_ray, verbose
-from .train import _worker_loop, launch, worker_logging
+from .train import NamedStorage, _worker_loop, launch, worker_logging
 from .weights import share_checkpoints, shared_tensors
 
 if TYPE_CHECKING:  # the recorder and the progress line load ray.tune: imported where a search runs
@@ -38,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SearchSettings:
+class SearchSettings(NamedStorage):
     samples: int = 8
     name: str = "pointpeft-search"
     storage_path: Optional[str] = None  # local folder or pyarrow.fs URI; default ./runs
@@ -52,23 +50,10 @@ class SearchSettings:
     multi_objective: bool = False  # maximise accuracy and minimise trainable parameters
     max_failures: int = 1  # retries of a crashed trial, from its last checkpoint
 
-    def __post_init__(self):
-        check_name(self.name, "search name")
-        check_storage_path(self.storage_path, "--storage")
-
-    def storage(self) -> str:
-        return self.storage_path or str(Path("runs").resolve())
+    KIND = "search"
 
     def experiment_dir(self) -> str:
-        storage = self.storage()
-        return f"{storage.rstrip('/')}/{self.name}" if is_uri(storage) else str(Path(storage) / self.name)
-
-    def local_experiment_dir(self) -> Optional[str]:
-        """The experiment folder when storage is on this machine (None for a URI such as s3://)."""
-        storage = self.storage()
-        if is_uri(storage) and not storage.startswith("file://"):
-            return None
-        return str(Path(storage.removeprefix("file://")) / self.name)
+        return join(self.storage(), self.name)
 
 
 def run_search(base: TrainConfig, space: SearchSpace, settings: SearchSettings, address: str | None = None,
@@ -78,7 +63,7 @@ def run_search(base: TrainConfig, space: SearchSpace, settings: SearchSettings, 
     `repair`: first rebuild damaged tables (distributed.recorder); without `resume`, stop there.
     A name that already holds a search is refused unless `resume` (or `repair`) says what to do,
     and so is a search another process is writing (folder_lock)."""
-    with exclusive_folder(settings.local_experiment_dir(), f"search {settings.name!r}"):
+    with exclusive_folder(settings.local_run_dir(), f"search {settings.name!r}"):
         return _search(base, space, settings, address, resume, callbacks, repair)
 
 
@@ -135,16 +120,10 @@ def _trainable(base: TrainConfig, space: SearchSpace, settings: SearchSettings, 
     trainable = ray.tune.with_parameters(_run_trial, base_config=base.model_dump(), space_raw=space.to_dict(),
                                          workers=settings.workers_per_trial, worker_resources=worker_resources,
                                          weights=[weights])
-    return ray.tune.with_resources(trainable, _trial_resources(settings))
-
-
-def _trial_resources(settings: SearchSettings):
-    import ray.tune
-
     if settings.workers_per_trial == 1:
-        return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+        return ray.tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     # The trial only drives a TorchTrainer: a sliver of a CPU; its workers ask for their own.
-    return ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK")
+    return ray.tune.with_resources(trainable, ray.tune.PlacementGroupFactory([{"CPU": 0.01}], strategy="PACK"))
 
 
 def _new_tuner(base: TrainConfig, space: SearchSpace, settings: SearchSettings, callbacks: list, weights=None):
@@ -230,13 +209,9 @@ def _run_trial(params: dict, base_config: dict, space_raw: dict, workers: int, w
     config = space.apply(base, params)
     # The shared weights are base's checkpoint; a point that names another reads its file.
     weights_ref = weights[0] if config.model.checkpoint == base.model.checkpoint else None
-    if workers == 1:
-        _train_in_trial(config, weights_ref)
-    else:
+    if workers > 1:
         _train_with_workers(config, workers, worker_resources, weights_ref)
-
-
-def _train_in_trial(config: TrainConfig, weights_ref=None) -> None:
+        return
     worker_logging()
     with quiet():  # one trial among many: the search's progress line speaks for it
         train(config, context=TuneTrialContext(), pretrained=shared_tensors(weights_ref))

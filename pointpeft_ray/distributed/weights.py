@@ -28,7 +28,8 @@ def share_checkpoints(configs: Iterable[TrainConfig]) -> dict[str, object]:
         path = config.model.checkpoint
         if path and path not in shared:
             state = read_state_dict(Path(path))
-            shared[path] = ray.put({key: _as_array(tensor) for key, tensor in state.items()})
+            # numpy arrays are read from the object store without a copy; numpy has no bfloat16.
+            shared[path] = ray.put({key: t if t.dtype == torch.bfloat16 else t.numpy() for key, t in state.items()})
     return shared
 
 
@@ -45,8 +46,3 @@ def shared_tensors(shared: Optional[object]) -> Optional[dict[str, torch.Tensor]
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
                 for key, value in arrays.items()}
-
-
-def _as_array(tensor: torch.Tensor):
-    # numpy arrays are read from the object store without a copy; numpy has no bfloat16.
-    return tensor if tensor.dtype == torch.bfloat16 else tensor.numpy()

@@ -23,19 +23,29 @@ def best_trial(trials: Union[pa.Table, Iterable[Mapping[str, Any]]], metric: str
     rows = trials.to_pylist() if isinstance(trials, pa.Table) else list(trials)
     if mode not in ("max", "min"):
         raise ResultsError(f"mode must be 'max' or 'min', got {mode!r}")
-    candidates = [row for row in rows if row.get("status") in FINISHED and _number(row.get(metric)) is not None]
-    if not candidates:
+    ranked = rank_trials(rows, FINISHED, metric, mode)
+    if not ranked:
         raise ResultsError(f"no finished trial ({' or '.join(FINISHED)}) has a value for {metric!r}")
+    return ranked[0]
+
+
+def rank_trials(rows: Iterable[Mapping[str, Any]], statuses: Iterable[str], metric: str = "best_accuracy",
+                mode: str = "max") -> list:
+    """The rows with one of `statuses` and a value for `metric`, best first; ties go to the
+    lower best_loss, then to the earlier row."""
     sign = -1.0 if mode == "max" else 1.0
+    candidates = [(index, row) for index, row in enumerate(rows)
+                  if row.get("status") in statuses and number_or_none(row.get(metric)) is not None]
 
-    def rank(indexed):
-        index, row = indexed
-        loss = _number(row.get("best_loss"))
+    def order(item):
+        index, row = item
+        loss = number_or_none(row.get("best_loss"))
         return (sign * row[metric], math.inf if loss is None else loss, index)
-    return min(enumerate(candidates), key=rank)[1]
+    return [row for _, row in sorted(candidates, key=order)]
 
 
-def _number(value: Any):
+def number_or_none(value: Any):
+    """None for missing and NaN values (NaN is neither rankable nor valid JSON)."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 

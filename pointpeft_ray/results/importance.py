@@ -34,10 +34,6 @@ class Importances:
     message: Optional[str] = None                                 # why there are no values at all
     notes: list[str] = field(default_factory=list)                # Optuna's warnings, once each
 
-    def as_dict(self) -> dict:
-        return {"evaluator": self.evaluator, "trials_used": self.trials_used, "values": self.values,
-                "not_ranked": self.not_ranked, "message": self.message, "notes": self.notes}
-
 
 def param_importances(trial_rows: Iterable[Mapping[str, Any]], space: Optional[Mapping]) -> Importances:
     """Importances of the searched parameters for the best validation accuracy, over the
@@ -97,7 +93,7 @@ def _numeric(path: str, spec: Mapping, rows: list[Mapping[str, Any]], observed: 
     if integer:
         low, high = math.ceil(low), math.floor(high)
     log = bool(spec.get("log")) and low > 0
-    step = _grid_step(spec.get("step"), low, high, observed, integer)
+    step = _grid_step(spec.get("step"), low, observed, integer)
     if step is not None and step != 1:
         high = low + step * math.floor((high - low) / step + 1e-9)
     if integer:
@@ -123,14 +119,11 @@ def _bound_values(raw, rows: list[Mapping[str, Any]]) -> list[float]:
     return values
 
 
-def _grid_step(step, low: float, high: float, observed: list, integer: bool):
+def _grid_step(step, low: float, observed: list, integer: bool):
     """The spec's step when every value lies on its grid from `low`; otherwise none (a
     bound that moved with another parameter shifts the grid)."""
-    if not step:
-        return 1 if integer else None
-    on_grid = all(math.isclose((value - low) / step, round((value - low) / step), abs_tol=1e-9)
-                  for value in observed)
-    if on_grid:
+    if step and all(math.isclose((value - low) / step, round((value - low) / step), abs_tol=1e-9)
+                    for value in observed):
         return step
     return 1 if integer else None
 

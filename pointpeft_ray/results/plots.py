@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 from ..atomic import atomic_file
 from .tables import param_column
@@ -184,9 +184,3 @@ def save_png(figure, path: Path, dpi: int = 100) -> Path:
     with atomic_file(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
-
-
-def outcome_text(outcome: Optional[PlotOutcome]) -> str:
-    if isinstance(outcome, Skipped):
-        return f"skipped: {outcome.reason}"
-    return str(outcome)

@@ -7,9 +7,8 @@ files are read (no Ray). Functions here return data (`build_report` -> `Report`)
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -18,7 +17,7 @@ import yaml
 from ..errors import ResultsError
 from ..output import format_table
 from . import plots
-from .best_config import FINISHED, best_trial
+from .best_config import FINISHED, best_trial, number_or_none, rank_trials
 from .importance import Importances, param_importances
 from .tables import (BEST_CONFIG_FILE, EPOCHS_FILE, PARAM_PREFIX, TRIAL_STATUSES, TRIALS_FILE, final_and_best,
                      read_epochs, read_trials, search_space_of)
@@ -83,7 +82,7 @@ def _with_epoch_progress(rows: list[dict], curves: Mapping[str, list[dict]]) -> 
 
 
 def _fill_from_epochs(row: dict, epochs: list[dict]) -> dict:
-    if not epochs or row.get("status") == "failed" or _number(row.get("best_accuracy")) is not None:
+    if not epochs or row.get("status") == "failed" or number_or_none(row.get("best_accuracy")) is not None:
         return row
     final, best = final_and_best(epochs)
     filled = dict(row)
@@ -113,7 +112,7 @@ def build_report(directory: str | Path, top: int = 10, plots_dir: str | Path | N
                  make_plots: bool = True) -> Report:
     """Everything the report shows. Plots go to `plots_dir` (default DIRECTORY/plots)."""
     experiment = load_experiment(directory)
-    ranked = rank_trials(experiment.trials)
+    ranked = rank_trials(experiment.trials, RANKED_STATUSES)
     finished = [row for row in ranked if row.get("status") in FINISHED]
     searched = searched_parameters(experiment)
     leaderboard = [_leaderboard_entry(rank, row, searched) for rank, row in enumerate(ranked[:top], start=1)]
@@ -126,24 +125,11 @@ def build_report(directory: str | Path, top: int = 10, plots_dir: str | Path | N
                   param_importances(experiment.trials, experiment.space), figures, pareto_trials(finished))
 
 
-def rank_trials(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Trials with a best accuracy, best first; ties go to the lower best loss, then to the
-    earlier trial (the order best_config.yaml uses)."""
-    candidates = [(index, row) for index, row in enumerate(rows)
-                  if row.get("status") in RANKED_STATUSES and _number(row.get("best_accuracy")) is not None]
-
-    def order(item):
-        index, row = item
-        loss = _number(row.get("best_loss"))
-        return (-row["best_accuracy"], math.inf if loss is None else loss, index)
-    return [dict(row) for _, row in sorted(candidates, key=order)]
-
-
 def pareto_trials(finished: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The finished trials no other beats on both best accuracy and trainable parameters,
-    smallest first."""
+    """The finished (ranked, so with a best accuracy) trials no other beats on both best
+    accuracy and trainable parameters, smallest first."""
     points = [(row["trainable_params"], row["best_accuracy"], row["trial_id"]) for row in finished
-              if row.get("trainable_params") is not None and _number(row.get("best_accuracy")) is not None]
+              if row.get("trainable_params") is not None]
     return [{"trial_id": trial_id, "trainable_params": size, "best_accuracy": accuracy}
             for size, accuracy, trial_id in plots.pareto_front(points)]
 
@@ -155,7 +141,7 @@ def searched_parameters(experiment: Experiment) -> dict[str, dict]:
         return {path: spec for path, spec in experiment.space.get("parameters", {}).items()
                 if spec.get("type") != "fixed"}
     columns = dict.fromkeys(name for row in experiment.trials for name in row if name.startswith(PARAM_PREFIX))
-    return {name[len(PARAM_PREFIX):]: {} for name in columns}
+    return {name.removeprefix(PARAM_PREFIX): {} for name in columns}
 
 
 def status_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -178,7 +164,7 @@ def best_config(experiment: Experiment) -> dict:
         best = best_trial(experiment.trials)
     except ResultsError:
         return {"source": None, "trial_id": None, "text": None}
-    params = {name[len(PARAM_PREFIX):]: value for name, value in best.items()
+    params = {name.removeprefix(PARAM_PREFIX): value for name, value in best.items()
               if name.startswith(PARAM_PREFIX) and value is not None}
     return {"source": f"trial {best['trial_id']} (parameters only)", "trial_id": best["trial_id"],
             "text": yaml.safe_dump(params, sort_keys=False)}
@@ -186,11 +172,11 @@ def best_config(experiment: Experiment) -> dict:
 
 def _leaderboard_entry(rank: int, row: Mapping[str, Any], searched: Mapping[str, dict]) -> dict:
     return {"rank": rank, "trial_id": row["trial_id"], "status": row.get("status"),
-            "best_accuracy": _number(row.get("best_accuracy")),
-            "best_mean_class_accuracy": _number(row.get("best_mean_class_accuracy")),
-            "best_loss": _number(row.get("best_loss")), "best_epoch": row.get("best_epoch"),
+            "best_accuracy": number_or_none(row.get("best_accuracy")),
+            "best_mean_class_accuracy": number_or_none(row.get("best_mean_class_accuracy")),
+            "best_loss": number_or_none(row.get("best_loss")), "best_epoch": row.get("best_epoch"),
             "epochs": row.get("epochs"), "trainable_params": row.get("trainable_params"),
-            "wall_seconds": _number(row.get("wall_seconds")),
+            "wall_seconds": number_or_none(row.get("wall_seconds")),
             "params": {path: row.get(PARAM_PREFIX + path) for path in searched}}
 
 
@@ -270,8 +256,8 @@ def _format_plots(figures: Mapping[str, plots.PlotOutcome]) -> str:
     if not figures:
         return ""
     width = max(len(name) for name in figures)
-    return "plots\n" + "\n".join(f"  {name.ljust(width)}  {plots.outcome_text(outcome)}"
-                                 for name, outcome in figures.items())
+    shown = {name: f"skipped: {o.reason}" if isinstance(o, plots.Skipped) else o for name, o in figures.items()}
+    return "plots\n" + "\n".join(f"  {name.ljust(width)}  {text}" for name, text in shown.items())
 
 
 def _short_names(paths: list[str]) -> list[str]:
@@ -306,7 +292,7 @@ def report_payload(report: Report) -> dict:
         "trials": len(report.experiment.trials),
         "leaderboard": report.leaderboard,
         "failures": report.failures,
-        "importances": report.importances.as_dict(),
+        "importances": asdict(report.importances),
         "best_config": report.best_config,
         "pareto_front": report.pareto,
         "plots": {name: None if isinstance(outcome, plots.Skipped) else str(outcome)
@@ -326,9 +312,3 @@ def _first_line(text: Optional[str]) -> Optional[str]:
         return None
     return lines[-1] if lines[0].startswith("Traceback (most recent call last)") else lines[0]
 
-
-def _number(value: Any):
-    """None for missing and NaN values (NaN is neither rankable nor valid JSON)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value

@@ -28,6 +28,11 @@ def is_uri(path) -> bool:
     return isinstance(path, str) and "://" in path
 
 
+def join(folder, name: str) -> str:
+    """`name` inside `folder`, a local path or a filesystem URI."""
+    return f"{folder.rstrip('/')}/{name}" if is_uri(folder) else str(Path(folder) / name)
+
+
 def check_storage_path(storage, what: str = "storage path") -> None:
     """A local storage path must be a folder or creatable as one: a file in its place
     (or in place of a parent) is named now, before Ray starts, not as an OSError later."""
@@ -46,8 +51,7 @@ def check_storage_path(storage, what: str = "storage path") -> None:
 def write_table_atomic(table: pa.Table, path) -> str:
     """Write `table` as Parquet at `path` (a local path or a filesystem URI), atomically."""
     if is_uri(path):
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        _publish(filesystem, inner, lambda target: pq.write_table(table, target, filesystem=filesystem))
+        _publish(path, lambda filesystem, target: pq.write_table(table, target, filesystem=filesystem))
     else:
         with atomic_file(path) as tmp:
             pq.write_table(table, str(tmp))
@@ -57,29 +61,28 @@ def write_table_atomic(table: pa.Table, path) -> str:
 def write_text(path, text: str) -> str:
     """Write a text file at `path` (a local path or a filesystem URI), atomically."""
     if is_uri(path):
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-
-        def write(target: str) -> None:
+        def write(filesystem: pafs.FileSystem, target: str) -> None:
             with filesystem.open_output_stream(target) as stream:
                 stream.write(text.encode())
-        _publish(filesystem, inner, write)
+        _publish(path, write)
     else:
         atomic_write_text(path, text)
     return str(path)
 
 
-def _publish(filesystem: pafs.FileSystem, path: str, write: Callable[[str], None]) -> None:
-    """`write(target)` writes the file; it appears at `path` only once complete."""
+def _publish(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
+    """`write(filesystem, target)` writes the file; it appears at `uri` only once complete."""
+    filesystem, path = pafs.FileSystem.from_uri(uri)
     parent, name = posixpath.split(path)
     if parent:
         filesystem.create_dir(parent, recursive=True)
     if filesystem.type_name in OBJECT_STORES:
-        write(path)
+        write(filesystem, path)
         return
     # pid + thread: concurrent writers of one file never share a temporary.
     tmp = posixpath.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        write(tmp)
+        write(filesystem, tmp)
         filesystem.move(tmp, path)
     finally:
         if filesystem.get_file_info(tmp).type != pafs.FileType.NotFound:
@@ -132,5 +135,8 @@ def download_file(uri: str, local) -> bool:
 
 
 def exists_at(uri: str) -> bool:
+    """Whether anything is at `uri` (a filesystem URI, or a local path)."""
+    if not is_uri(uri):
+        return Path(uri).exists()
     filesystem, inner = pafs.FileSystem.from_uri(uri)
     return filesystem.get_file_info(inner).type != pafs.FileType.NotFound

@@ -70,13 +70,12 @@ def trials_table(records: Iterable[Mapping[str, Any]], space) -> pa.Table:
          wall_seconds, node, error}
     Only trial_id and status are required; a parameter a trial did not sample (its
     condition was false) is null."""
-    schema = trials_schema(space)
-    rows = [trial_row(record, space) for record in records]
-    return _table(rows, schema)
+    return _table([trial_row(record, space) for record in records], trials_schema(space))
 
 
 def trial_row(record: Mapping[str, Any], space) -> dict[str, Any]:
-    """A record flattened to the table's column names."""
+    """A record as the table's columns: params and metrics flattened (param.X, final_X,
+    best_X); its other keys are columns already (_table skips the nested ones)."""
     unknown = set(record) - _RECORD_KEYS
     if unknown:
         raise ResultsError(f"trial record: unknown key(s) {sorted(unknown)}; expected {sorted(_RECORD_KEYS)}")
@@ -84,12 +83,9 @@ def trial_row(record: Mapping[str, Any], space) -> dict[str, Any]:
     if trial_id is None or record.get("status") not in TRIAL_STATUSES:
         raise ResultsError(f"trial record {trial_id!r}: needs a trial_id and a status in {TRIAL_STATUSES}, "
                            f"got status {record.get('status')!r}")
-    row = {name: record.get(name) for name, _ in _TRIAL_HEAD}
-    row.update(_param_values(trial_id, record.get("params") or {}, space))
-    row.update(_metric_values(trial_id, "final", record.get("final") or {}, METRICS))
-    row.update(_metric_values(trial_id, "best", record.get("best") or {}, METRICS + ("epoch",)))
-    row.update({name: record.get(name) for name in ("epochs", "trainable_params", "wall_seconds", "node", "error")})
-    return row
+    return {**record, **_param_values(trial_id, record.get("params") or {}, space),
+            **_metric_values(trial_id, "final", record.get("final") or {}, METRICS),
+            **_metric_values(trial_id, "best", record.get("best") or {}, METRICS + ("epoch",))}
 
 
 def _param_values(trial_id, params: Mapping[str, Any], space) -> dict[str, Any]:
@@ -119,13 +115,11 @@ def epochs_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     train_samples_per_second, val_loss, val_accuracy, val_mean_class_accuracy}. Other keys
     are ignored, so the training loop's report (or a Ray result) can be passed as it is;
     val_* are null on epochs without evaluation."""
-    names = [name for name, _ in EPOCH_COLUMNS]
-    selected = []
+    rows = list(rows)
     for row in rows:
         if row.get("trial_id") is None or row.get("epoch") is None:
             raise ResultsError(f"epoch row needs trial_id and epoch, got keys {sorted(row)}")
-        selected.append({name: row.get(name) for name in names})
-    return _table(selected, epochs_schema())
+    return _table(rows, epochs_schema())
 
 
 def final_and_best(epoch_rows: Iterable[Mapping[str, Any]]) -> tuple[dict, dict]:
@@ -143,8 +137,9 @@ def final_and_best(epoch_rows: Iterable[Mapping[str, Any]]) -> tuple[dict, dict]
 
 # --- building and reading ---
 
-def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    columns = [_typed_array(field, [row[field.name] for row in rows]) for field in schema]
+def _table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """The schema's columns of `rows` (a key a row lacks is null; other keys are ignored)."""
+    columns = [_typed_array(field, [row.get(field.name) for row in rows]) for field in schema]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -164,12 +159,9 @@ def _typed_array(field: pa.Field, values: list) -> pa.Array:
 
 
 def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _is_numpy_number(value)
-
-
-def _is_numpy_number(value) -> bool:
-    # numpy scalars (e.g. from a Ray result) without importing numpy here.
-    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iuf"
+    # numpy scalars too (e.g. from a Ray result), without importing numpy here.
+    numpy_number = type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iuf"
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or numpy_number
 
 
 _TYPE_CHECKS = {
@@ -232,15 +224,13 @@ def tasks_schema() -> pa.Schema:
 def tasks_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """One row per fine-tuned task (`config` is the task's TrainConfig as JSON; the
     epochs of a task go to an epochs table with trial_id = the task's label)."""
-    names = [name for name, _ in TASK_COLUMNS]
-    selected = []
+    rows = list(rows)
     for row in rows:
-        unknown = set(row) - set(names)
+        unknown = set(row) - {name for name, _ in TASK_COLUMNS}
         if unknown or row.get("status") not in TASK_STATUSES:
             raise ResultsError(f"task row {row.get('task')!r}: unknown key(s) {sorted(unknown)} or status "
                                f"{row.get('status')!r} (expected one of {TASK_STATUSES})")
-        selected.append({name: row.get(name) for name in names})
-    return _table(selected, tasks_schema())
+    return _table(rows, tasks_schema())
 
 
 def read_tasks(path) -> pa.Table:

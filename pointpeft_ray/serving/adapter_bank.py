@@ -187,9 +187,6 @@ def _prepare_entry(entry: BankEntry) -> dict:
     if class_names is not None and len(class_names) != meta["num_classes"]:
         raise AdapterBankError(f"{where}: {len(class_names)} class names for an adapter of "
                                f"{meta['num_classes']} classes")
-    accuracy = entry.accuracy
-    if accuracy is not None and not math.isfinite(float(accuracy)):
-        accuracy = None
     checkpoint = config.model.checkpoint
     backbone = {"fingerprint": meta["backbone_fingerprint"], "config": meta["backbone_config"],
                 "checkpoint": str(Path(checkpoint).expanduser().resolve()) if checkpoint else None,
@@ -202,7 +199,7 @@ def _prepare_entry(entry: BankEntry) -> dict:
         # How the training loop evaluated the test split (engine.loop.train / evaluate).
         "voting_views": config.data.voting_views or task.voting_views, "eval_seed": config.seed,
         "eval_batch_size": config.optim.batch_size,
-        "accuracy": float(accuracy) if accuracy is not None else None,
+        "accuracy": float(entry.accuracy) if _present(entry.accuracy) else None,
         "trainable_parameters": meta.get("trainable_parameters"),
         "metadata": {str(k): _plain(v) for k, v in (entry.metadata or {}).items()},
         "config": config.model_dump(mode="json"), "source": str(source.resolve()),
@@ -245,17 +242,13 @@ def _fixed_class_names(task) -> list[str] | None:
     return list(names) if names is not None else None
 
 
-def _eval_backbone_config(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in TRAINING_ONLY_BACKBONE_KEYS}
-
-
 def _one_backbone(directory: Path, backbones: dict[str, dict]) -> dict:
     """The one backbone all `backbones` (entry name -> backbone section) share, else an
     error naming which entries sit on which."""
     groups: dict[tuple, list[str]] = {}
     for name, section in backbones.items():
-        key = (section["fingerprint"], json.dumps(_eval_backbone_config(section["config"]), sort_keys=True),
-               section.get("init_seed"))
+        eval_config = {k: v for k, v in section["config"].items() if k not in TRAINING_ONLY_BACKBONE_KEYS}
+        key = (section["fingerprint"], json.dumps(eval_config, sort_keys=True), section.get("init_seed"))
         groups.setdefault(key, []).append(name)
     if len(groups) > 1:
         parts = []
@@ -438,10 +431,6 @@ class AdapterBank:
     def names(self) -> list[str]:
         return list(self.index["entries"])
 
-    @property
-    def backbone_info(self) -> dict:
-        return dict(self.index["backbone"])
-
     def entry(self, name: str) -> dict:
         entries = self.index["entries"]
         if name not in entries:
@@ -483,15 +472,11 @@ class AdapterBank:
             overrides = {key: t.detach().clone() for key, t in self.backbone.state_dict().items() if key in tuned}
             self._models[name] = (model, overrides)
         model, overrides = self._models[name]
-        self._activate(name, overrides)
+        if self._active != name:
+            self._set_backbone(overrides)
+            self._active = name
+            self.swaps += 1
         return model.eval()
-
-    def _activate(self, name: str, overrides: dict[str, torch.Tensor]) -> None:
-        if self._active == name:
-            return
-        self._set_backbone(overrides)
-        self._active = name
-        self.swaps += 1
 
     def _set_backbone(self, overrides: dict[str, torch.Tensor]) -> None:
         tensors = self.backbone.state_dict(keep_vars=True)
@@ -587,22 +572,21 @@ def read_points_file(path: str | Path) -> PointsFile:
     if not path.is_file():
         raise DataFormatError(f"points file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise DataFormatError(f"{path}: unknown points file type {suffix or '(none)'!r}; use .npy or .npz")
     try:
         if suffix == ".npy":
-            points, labels, names = np.load(path, allow_pickle=False), None, None
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                if "points" not in archive.files:
-                    raise DataFormatError(f"{path}: no 'points' array (found: {', '.join(archive.files) or 'none'})")
-                points = archive["points"]
-                labels = archive["labels"] if "labels" in archive.files else None
-                names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+            found, arrays = ["points"], {"points": np.load(path, allow_pickle=False)}
         else:
-            raise DataFormatError(f"{path}: unknown points file type {suffix or '(none)'!r}; use .npy or .npz")
+            with np.load(path, allow_pickle=False) as archive:
+                found = archive.files
+                arrays = {name: archive[name] for name in ("points", "labels", "class_names") if name in found}
     except (ValueError, OSError, EOFError) as err:
-        if isinstance(err, DataFormatError):
-            raise
         raise DataFormatError(f"{path}: not a readable numpy file ({err})") from None
+    if "points" not in arrays:
+        raise DataFormatError(f"{path}: no 'points' array (found: {', '.join(found) or 'none'})")
+    points, labels = arrays["points"], arrays.get("labels")
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
     if points.ndim == 2:
         points = points[None]
     real = np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)

@@ -58,7 +58,7 @@ def run_predict(args) -> int:
     given = read_points_file(args.points_file) if args.points_file else None
     bank = AdapterBank.open(args.bank, device=args.device)
     names = bank.resolve_names(args.tasks)
-    info = bank.backbone_info
+    info = bank.index["backbone"]
     origin = info.get("checkpoint") or f"init seed {info.get('init_seed')}"
     print(f"bank {args.bank}: {len(bank.names)} adapters; backbone {info['fingerprint'][:12]} ({origin}) "
           f"built in {bank.backbone_seconds:.2f}s on {bank.device}")
@@ -66,12 +66,9 @@ def run_predict(args) -> int:
                "backbone": {**info, "seconds": bank.backbone_seconds}, "tasks": {}}
     for name in names:
         record = bank.entry(name)
-        if given is not None:
-            points, labels, where, file_names = given.points, given.labels, args.points_file, given.class_names
-        else:
-            split = bank.load_test_split(name)
-            points, labels, where = split.points, split.labels, f"{record['task']} test split"
-            file_names = split.class_names
+        source = given if given is not None else bank.load_test_split(name)  # a PointsFile or a PointSplit
+        points, labels, file_names = source.points, source.labels, source.class_names
+        where = args.points_file if given is not None else f"{record['task']} test split"
         if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= record["num_classes"]):
             raise DataFormatError(f"{where}: labels {int(labels.min())}..{int(labels.max())} are outside the "
                                   f"{record['num_classes']} classes of entry {name!r}")
@@ -92,11 +89,11 @@ def run_predict(args) -> int:
               f"{len(prediction.labels)} clouds from {where} in {seconds:.2f}s")
         if not args.quiet:
             _print_clouds(prediction.labels, confidence, labels, class_names)
+        recorded = record.get("accuracy")
         result = {"task": record["task"], "predicted": prediction.labels.tolist(),
                   "predicted_classes": [class_names[i] for i in prediction.labels] if class_names else None,
                   "confidence": [round(float(c), 6) for c in confidence], "seconds": seconds,
-                  "recorded_accuracy": record.get("accuracy"), "accuracy": None}
-        recorded = record.get("accuracy")
+                  "recorded_accuracy": recorded, "accuracy": None}
         recorded_text = f"; recorded at training {recorded:.2f}" if recorded is not None else ""
         if labels is not None:
             result["accuracy"] = accuracy(prediction.labels, labels)
