@@ -13,6 +13,7 @@ from . import logs
 from .configuration import check_name, name_from_path, parse_key_values
 from .data.inspect import format_summary, render_samples_png, summarise
 from .errors import PointPEFTError
+from .file_names import PRETRAINED_FILE
 from .folder_lock import exclusive_folder
 from .jobs.commands import add_cluster_commands
 from .output import write_json
@@ -240,7 +241,7 @@ def _run_pretrain(args) -> int:
     if args.in_process and config.run_dir is None:
         changes["run_dir"] = str(run_folder)
     if args.output or config.output_path() is None:
-        changes["output"] = args.output or str(run_folder / "pretrain.pth")
+        changes["output"] = args.output or str(run_folder / PRETRAINED_FILE)
     if args.gpu and args.in_process:
         changes["device"] = "cuda"
     config = config.replace(**changes) if changes else config

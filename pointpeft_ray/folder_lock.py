@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .errors import PointPEFTError
+from .file_names import WRITER_LOCK_FILE
 
-LOCK_FILE = ".pointpeft-writer.lock"
 
 _held: dict[str, list] = {}  # resolved folder -> [file descriptor, depth]
 _guard = threading.Lock()
@@ -62,7 +62,7 @@ def _acquire(folder: Path, what: str) -> int:
         return os.open(os.devnull, os.O_RDONLY)
     folder.mkdir(parents=True, exist_ok=True)
     # No O_TRUNC: a process that fails to get the lock must not wipe the holder's note.
-    descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(folder / WRITER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -14,13 +14,14 @@ from pointpeft_ray.data.tasks import get_task, load_task_split
 from pointpeft_ray.distributed.multitask import TaskRun, run_tasks
 from pointpeft_ray.engine.config import TrainConfig
 from pointpeft_ray.engine.loop import build_seeded_model
+from pointpeft_ray.file_names import BANK_INDEX_FILE
 from pointpeft_ray.models.backbone import PointMAEBackbone
 from pointpeft_ray.models.peft.model import PointPEFTModel
 from pointpeft_ray.models.presets import get_preset
 from pointpeft_ray.pretrain.checkpoint import write_pretrain_checkpoint
 from pointpeft_ray.serving import (AdapterBank, AdapterBankError, BankEntry, entries_from_task_rows,
                                    read_points_file, write_adapter_bank, write_points_file)
-from pointpeft_ray.serving.adapter_bank import INDEX_NAME, read_bank_index
+from pointpeft_ray.serving.adapter_bank import read_bank_index
 
 SMALL = {"samples_per_class": 4, "points": 256}
 TASKS = {"clean": "synth/clean", "objbg": "synth/objbg"}
@@ -207,7 +208,7 @@ def test_clear_errors(trained, bank, tmp_path, capsys):
     code, _, err = _cli(capsys, "--bank", str(bank), "--task", "clean", str(bad_labels), "--device", "cpu")
     assert code == 2 and "outside the 15 classes of entry 'clean'" in err
 
-    index_path = bank / INDEX_NAME
+    index_path = bank / BANK_INDEX_FILE
     good = index_path.read_text()
     index_path.write_text(good[:50])
     with pytest.raises(AdapterBankError, match="index.json: invalid JSON"):
@@ -242,14 +243,14 @@ def test_mismatched_backbones_are_refused(trained, tmp_path):
     mixed = [entries[0], BankEntry("other", other, entries[1].config, 50.0)]
     with pytest.raises(AdapterBankError, match=rf"one frozen backbone.*\['{entries[0].name}'\].*\['other'\] on backbone 000000000000"):
         write_adapter_bank(tmp_path / "mixed", mixed)
-    assert not (tmp_path / "mixed" / INDEX_NAME).exists()
+    assert not (tmp_path / "mixed" / BANK_INDEX_FILE).exists()
 
     # the checkpoint changed after the bank was written: opening it says so
     bank_dir = tmp_path / "bank"
     write_adapter_bank(bank_dir, entries)
-    index = json.loads((bank_dir / INDEX_NAME).read_text())
+    index = json.loads((bank_dir / BANK_INDEX_FILE).read_text())
     index["backbone"]["checkpoint"] = _save_backbone(tmp_path / "retrained.pth", seed=8)
-    (bank_dir / INDEX_NAME).write_text(json.dumps(index))
+    (bank_dir / BANK_INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(AdapterBankError, match=r"retrained.pth has fingerprint .* but the adapters were trained on"):
         AdapterBank.open(bank_dir)
     # ...and writing with verification refuses it too
@@ -262,7 +263,7 @@ def test_mismatched_backbones_are_refused(trained, tmp_path):
 def test_rewriting_the_bank_is_atomic_and_updates_entries(trained, bank, monkeypatch):
     _, _, table = trained
     entries = _entries(table)
-    index_path = bank / INDEX_NAME
+    index_path = bank / BANK_INDEX_FILE
     before = read_bank_index(bank)
     inode = index_path.stat().st_ino
 

@@ -8,9 +8,9 @@ import torch
 from pointpeft_ray.engine import build
 from pointpeft_ray.engine.config import TrainConfig
 from pointpeft_ray.engine.epochs import RESTORED_EPOCHS_KEY
-from pointpeft_ray.engine.loop import (ADAPTER_DIR, MODEL_FILE, TrainingDivergedError,
-                                       build_seeded_model, train)
+from pointpeft_ray.engine.loop import TrainingDivergedError, build_seeded_model, train
 from pointpeft_ray.errors import ConfigError
+from pointpeft_ray.file_names import ADAPTER_DIR, MODEL_FILE
 from pointpeft_ray.models.peft.model import PointPEFTModel
 from tests.conftest import logged
 from tests.test_tasks import write_scanobjectnn

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "pointpeft_ray"
 # API, so it sits with models. A job ends by writing the adapter bank that `predict` serves
 # (jobs.runner -> serving.adapter_bank), so serving sits below jobs.
 BASE = {"pointpeft_ray", "errors", "configuration", "atomic", "progress", "arrow_io", "assets", "output", "logs",
-        "folder_lock"}
+        "file_names", "folder_lock"}
 ORDER = [BASE, {"models"}, {"data"}, {"engine"}, {"pretrain", "search"}, {"results"}, {"distributed"},
          {"serving"}, {"jobs"}, {"bench"}, {"cli"}]
 RANK = {layer: rank for rank, layers in enumerate(ORDER) for layer in layers}

@@ -18,6 +18,7 @@ from pointpeft_ray.engine import build  # noqa: E402
 from pointpeft_ray.engine.config import TrainConfig  # noqa: E402
 from pointpeft_ray.engine.loop import TrainingDivergedError  # noqa: E402
 from pointpeft_ray.errors import ConfigError  # noqa: E402
+from pointpeft_ray.file_names import RUN_STATE_FILE  # noqa: E402
 from pointpeft_ray.models import BackboneConfig, FullFinetuneClassifier, PointMAEBackbone, load_checkpoint  # noqa: E402
 from pointpeft_ray.pretrain import (  # noqa: E402
     PointMAEPretrainModel,
@@ -392,7 +393,7 @@ def test_ray_runner_is_wired(pretrained, tmp_path):
 
     from pointpeft_ray.cli import build_parser
     from pointpeft_ray.distributed import pretrain as ray_pretrain
-    from pointpeft_ray.engine.context import STATE_FILE, save_state
+    from pointpeft_ray.engine.context import save_state
 
     assert callable(ray_pretrain.fit_pretrain) and callable(ray_pretrain._pretrain_worker_loop)
     args = build_parser().parse_args(["pretrain", "x.yaml", "--workers", "2", "--gpu", "--address", "ray://h:1"])
@@ -401,7 +402,7 @@ def test_ray_runner_is_wired(pretrained, tmp_path):
     config, result = pretrained
     weights = torch.load(result.checkpoint, weights_only=True)["base_model"]
     save_state({"model": weights, "epochs_done": 1, "history": result.history, "optimizer": {}},
-               tmp_path / "ckpt" / STATE_FILE)
+               tmp_path / "ckpt" / RUN_STATE_FILE)
 
     class FakeCheckpoint:
         @contextmanager

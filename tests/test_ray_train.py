@@ -11,7 +11,7 @@ import torch
 
 from pointpeft_ray.distributed.train import RayRunSettings, best_checkpoint, fit
 from pointpeft_ray.engine.config import TrainConfig
-from pointpeft_ray.engine.loop import ADAPTER_DIR
+from pointpeft_ray.file_names import ADAPTER_DIR
 from tests.test_tasks import write_scanobjectnn
 
 

@@ -13,7 +13,7 @@ from pointpeft_ray.configuration import check_name, name_from_path
 from pointpeft_ray.distributed.train import RayRunSettings
 from pointpeft_ray.distributed.tune import SearchSettings, run_search
 from pointpeft_ray.errors import ConfigError, DamagedRecordError
-from pointpeft_ray.folder_lock import LOCK_FILE
+from pointpeft_ray.file_names import WRITER_LOCK_FILE
 from tests.conftest import logged
 from tests.test_tune import _base, _space
 
@@ -79,7 +79,7 @@ def test_a_damaged_table_stops_the_resume_and_repair_rebuilds_it(finished_search
 def test_a_rerun_without_resume_refuses_to_merge_into_an_existing_search(finished_search, tmp_path):
     settings, folder, base, space, _, _ = _copy(finished_search, tmp_path)
     def results():  # every file but the writer lock's note of who last held the folder
-        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_FILE}
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != WRITER_LOCK_FILE}
     before = results()
     with pytest.raises(ConfigError, match="already holds a search named 'search': continue it with --resume"):
         run_search(base, space, settings)

@@ -20,18 +20,18 @@ from typing import Optional
 
 from ..atomic import atomic_write_text
 from ..engine.config import TrainConfig
-from ..engine.context import STATE_FILE, load_state, node_id
-from ..engine.loop import ADAPTER_DIR, train
+from ..engine.context import load_state, node_id
+from ..engine.loop import train
 from ..errors import PointPEFTError
+from ..file_names import ADAPTER_DIR, BEST_DIR, EPOCHS_FILE, PROGRESS_FILE, RUN_STATE_FILE, TASKS_FILE
 from ..folder_lock import exclusive_folder
 from ..logs import quiet
 from ..results.storage import download_folder, join, upload, write_table_atomic
-from ..results.tables import EPOCHS_FILE, epochs_table, tasks_table
+from ..results.tables import epochs_table, tasks_table
 from .cluster import ensure_ray
 from .train import RayRunSettings, best_checkpoint, fit, worker_logging
 from .weights import share_checkpoints, shared_tensors
 
-TASKS_FILE = "tasks.parquet"
 logger = logging.getLogger(__name__)
 
 
@@ -91,9 +91,6 @@ def _run_tasks(runs: list[TaskRun], experiment_dir: Path, address: str | None,
         write_table_atomic(tasks_table(rows), str(experiment_dir / TASKS_FILE))
         write_table_atomic(epochs_table(epochs), str(experiment_dir / EPOCHS_FILE))
     return rows
-
-
-PROGRESS_FILE = "progress.json"  # in a run's folder: its last finished epoch, for the heartbeat
 
 
 def _write_progress(config: TrainConfig, metrics: dict) -> None:
@@ -166,10 +163,10 @@ def _train_distributed_task(config_dict: dict, weights_refs: list, workers: int,
     if result.error is not None:
         raise PointPEFTError(f"{label}: {result.error}")
     with result.checkpoint.as_directory() as directory:
-        state = load_state(Path(directory) / STATE_FILE)
+        state = load_state(Path(directory) / RUN_STATE_FILE)
     best = best_checkpoint(result)
     if best is not None:  # beside the one-worker runs' (storage may be a URI): RUN_DIR/best holds the export
-        best.to_directory(str(Path(config.run_dir) / "best"))
+        best.to_directory(str(Path(config.run_dir) / BEST_DIR))
     return _outcome(config.run_dir, list(state["history"]), state.get("trainable_params"), state.get("total_params"),
                     start, upload_to)
 
@@ -183,7 +180,7 @@ def _outcome(run_dir: str, history: list[dict], trainable: Optional[int], total:
     if upload_to:
         upload(run_dir, upload_to)
     final = history[-1] if history else {}
-    adapter = Path(run_dir) / "best" / ADAPTER_DIR
+    adapter = Path(run_dir) / BEST_DIR / ADAPTER_DIR
     row = {"best_accuracy": final.get("best_accuracy"), "best_epoch": final.get("best_epoch"),
            "final_accuracy": final.get("val_accuracy"), "final_mean_class_accuracy":
            final.get("val_mean_class_accuracy"), "final_loss": final.get("val_loss"),

@@ -11,8 +11,9 @@ import logging
 import time
 from pathlib import Path
 
-from ..engine.context import STATE_FILE, RayTrainContext, load_state
+from ..engine.context import RayTrainContext, load_state
 from ..errors import PointPEFTError
+from ..file_names import PRETRAINED_FILE, RUN_STATE_FILE
 from ..folder_lock import exclusive_folder
 from ..pretrain.checkpoint import write_pretrain_checkpoint
 from ..pretrain.config import PretrainConfig
@@ -54,7 +55,7 @@ def _fit_pretrain(config: PretrainConfig, settings: RayRunSettings, address: str
                         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     if ray_result.error is not None:
         raise PointPEFTError(f"pre-training failed: {ray_result.error}")
-    output = config.output_path() or Path(storage) / settings.name / "pretrain.pth"
+    output = config.output_path() or Path(storage) / settings.name / PRETRAINED_FILE
     result = _result_from_checkpoint(ray_result.checkpoint, output)
     result.total_params = sum(p.numel() for p in PointMAEPretrainModel(config.model.backbone, config.mae).parameters())
     result.wall_seconds = time.perf_counter() - start
@@ -66,7 +67,7 @@ def _result_from_checkpoint(checkpoint, output: Path) -> PretrainResult:
     if checkpoint is None:
         raise PointPEFTError("pre-training finished without a Ray checkpoint: no weights to write")
     with checkpoint.as_directory() as directory:
-        state = load_state(Path(directory) / STATE_FILE)
+        state = load_state(Path(directory) / RUN_STATE_FILE)
     history = list(state["history"])
     path = write_pretrain_checkpoint(state["model"], output, state["epochs_done"])
     return PretrainResult(history=history, final_loss=history[-1]["train_loss"] if history else None,

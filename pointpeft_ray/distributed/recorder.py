@@ -30,10 +30,11 @@ from ray.tune import Callback
 from ..engine.config import TrainConfig
 from ..engine.epochs import RESTORED_EPOCHS_KEY
 from ..errors import DamagedRecordError, ResultsError
+from ..file_names import BEST_CONFIG_FILE, EPOCHS_FILE, TRIALS_FILE
 from ..results.best_config import best_trial, write_best_config
 from ..results.storage import exists_at, is_uri, join, write_table_atomic
-from ..results.tables import (BEST_CONFIG_FILE, EPOCH_COLUMNS, EPOCHS_FILE, PARAM_PREFIX, TRIALS_FILE, epochs_table,
-                              final_and_best, read_epochs, read_trials, trials_table)
+from ..results.tables import (EPOCH_COLUMNS, PARAM_PREFIX, epochs_table, final_and_best, read_epochs, read_trials,
+                              trials_table)
 from ..search.space import SearchSpace
 
 METRIC = "best_accuracy"  # present in every report, monotone: what ASHA and Optuna compare

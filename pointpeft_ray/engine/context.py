@@ -20,10 +20,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_directory, atomic_file, recover
-
-STATE_FILE = "run_state.pt"
-LAST_DIR = "last"
-BEST_DIR = "best"
+from ..file_names import BEST_DIR, LAST_DIR, RUN_STATE_FILE
 
 
 @dataclass
@@ -34,7 +31,7 @@ class Snapshot:
     export: Callable[[Path], None]
 
     def write(self, directory: Path, export: bool) -> None:
-        save_state(self.state(), directory / STATE_FILE)
+        save_state(self.state(), directory / RUN_STATE_FILE)
         if export:
             self.export(directory)
 
@@ -58,7 +55,7 @@ class InProcessContext:
         if self.run_dir is None:
             return None
         recover(self.run_dir / LAST_DIR)  # a crash while replacing it: the previous one comes back
-        path = self.run_dir / LAST_DIR / STATE_FILE
+        path = self.run_dir / LAST_DIR / RUN_STATE_FILE
         return load_state(path) if path.is_file() else None
 
     def report(self, metrics: dict, snapshot: Snapshot | None, is_best: bool = False) -> None:
@@ -68,7 +65,7 @@ class InProcessContext:
             if is_best:
                 with atomic_directory(self.run_dir / BEST_DIR) as staging:
                     # The best epoch is this one: share the state file just written.
-                    os.link(self.run_dir / LAST_DIR / STATE_FILE, staging / STATE_FILE)
+                    os.link(self.run_dir / LAST_DIR / RUN_STATE_FILE, staging / RUN_STATE_FILE)
                     snapshot.export(staging)
         if self.on_report is not None:
             self.on_report(metrics)
@@ -173,7 +170,7 @@ def state_of(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return load_state(Path(directory) / STATE_FILE)
+        return load_state(Path(directory) / RUN_STATE_FILE)
 
 
 def load_state(path: Path) -> dict:

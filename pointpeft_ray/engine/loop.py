@@ -23,6 +23,7 @@ from ..data.loader import BatchLoader
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..data.transforms import Voting
 from ..errors import PointPEFTError
+from ..file_names import ADAPTER_DIR, MODEL_FILE
 from ..logs import quiet
 from ..models.peft.memory_bank import MemoryBank
 from ..models.peft.model import PointPEFTModel
@@ -33,8 +34,6 @@ from .epochs import EpochLoop, context_for
 from .tensorboard import ScalarLogger
 
 Reporter = Callable[[dict], None]
-ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
-MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
 logger = logging.getLogger(__name__)
 
 

@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..file_names import BEST_DIR, LAST_DIR
+
 
 def format_epoch(metrics: dict) -> str:
     """One line per epoch, for the console."""
@@ -35,8 +37,8 @@ class RunSummary:
         return cls(best_accuracy=result.best_accuracy, best_epoch=result.best_epoch,
                    epochs=int(result.final.get("epoch", 0)), trainable_params=result.trainable_params,
                    total_params=result.total_params, wall_seconds=result.wall_seconds,
-                   best_checkpoint=str(run_dir / "best") if run_dir else None,
-                   last_checkpoint=str(run_dir / "last") if run_dir else None,
+                   best_checkpoint=str(run_dir / BEST_DIR) if run_dir else None,
+                   last_checkpoint=str(run_dir / LAST_DIR) if run_dir else None,
                    tensorboard=str(tensorboard) if tensorboard else None, final=result.final)
 
     @classmethod

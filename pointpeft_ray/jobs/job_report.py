@@ -1,7 +1,7 @@
 """A job's report: per task, the searched config vs the published settings vs full
 fine-tuning (accuracy and trainable parameters), the multi-task results, and the
-search's own report (leaderboard, importances, plots). Written to REPORT_DIR as
-report.txt and PNGs; returned as text for the terminal.
+search's own report (leaderboard, importances, plots). Written to the job's
+report/ folder as report.txt and PNGs; returned as text for the terminal.
 """
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from ..atomic import atomic_write_text
+from ..file_names import COMPARISON_PLOT, REPORT_FILE
 from ..results.plots import new_figure, save_png
 from ..results.search_report import build_report, format_report
 
 if TYPE_CHECKING:
     from .spec import JobSpec
 
-REPORT_FILE = "report.txt"
-COMPARISON_PNG = "comparison.png"
 # Columns in this order; other variants (a multitask entry's name) are not compared.
 VARIANT_ORDER = ("best", "base", "published", "full", "linear")
 
@@ -40,7 +39,7 @@ def write_job_report(job: "JobSpec", outcome: JobOutcome, report_dir: Path) -> s
     finetune = outcome.task_rows.get("finetune")
     if finetune:
         sections.append(format_comparison(finetune))
-        png = comparison_png(finetune, report_dir / COMPARISON_PNG)
+        png = comparison_png(finetune, report_dir / COMPARISON_PLOT)
         if png is not None:
             sections.append(f"plot: {png}")
     if outcome.task_rows.get("multitask"):

@@ -34,24 +34,22 @@ import yaml
 from ..atomic import atomic_write_text
 from ..data.cache import default_cache_dir
 from ..distributed.cluster import ensure_ray
-from ..distributed.multitask import TASKS_FILE, TaskRun, run_tasks
+from ..distributed.multitask import TaskRun, run_tasks
 from ..distributed.pretrain import fit_pretrain
 from ..distributed.train import RayRunSettings
 from ..distributed.tune import run_search
 from ..errors import PointPEFTError, ResultsError
+from ..file_names import ADAPTERS_DIR, EPOCHS_FILE, JOB_FILE, JOB_SUMMARY_FILE, REPORT_DIR, TASKS_FILE, TRIALS_FILE
 from ..folder_lock import exclusive_folder
 from ..pretrain.cache import ensure_pretrained, weights_key
 from ..results.best_config import best_trial
 from ..results.search_report import EXPECTED_FILES as SEARCH_FILES
-from ..results.storage import download_file, download_folder, exists_at, is_uri, upload
-from ..results.tables import EPOCHS_FILE, TRIALS_FILE, read_trials
+from ..results.storage import download_file, download_folder, exists_at, is_uri, join, upload
+from ..results.tables import read_trials
 from ..serving.adapter_bank import entries_from_task_rows, write_adapter_bank
 from .job_report import JobOutcome, write_job_report
 from .spec import STAGES, JobSpec, PlannedRun
 
-ADAPTERS_FOLDER = "adapters"
-REPORT_FOLDER = "report"
-SUMMARY_FILE = "job_summary.json"
 logger = logging.getLogger(__name__)
 
 
@@ -70,7 +68,7 @@ def _run_job(job: JobSpec, job_dir: Path, remote: Optional[str], address: str | 
     if remote and exists_at(remote):
         logger.info(f"[job] resuming from {remote}")
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job_dir / "job.yaml", yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(job_dir / JOB_FILE, yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     outcome = JobOutcome(job_dir=str(job_dir))
     _publish_summary(outcome, job, job_dir, remote, "running")
     logger.info(f"[job] {job.name}: stages {', '.join(job.stage_names())}; results in {remote or job_dir}"
@@ -110,7 +108,7 @@ def _run_stages(job: JobSpec, outcome: JobOutcome, job_dir: Path, remote: Option
                                                 "multitask", job_dir, remote, address)
     outcome.adapter_bank = _write_adapter_bank(outcome, job_dir)
     if job.report:  # the command line prints it: the job's result, not its progress
-        outcome.report_text = _timed(outcome, "report", write_job_report, job, outcome, job_dir / REPORT_FOLDER)
+        outcome.report_text = _timed(outcome, "report", write_job_report, job, outcome, job_dir / REPORT_DIR)
 
 
 def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: Optional[str], status: str,
@@ -121,7 +119,7 @@ def _publish_summary(outcome: JobOutcome, job: JobSpec, job_dir: Path, remote: O
                "stage_seconds": outcome.stage_seconds, "pretrained": outcome.pretrained,
                "best_trial": _plain(outcome.best_trial), "adapter_bank": outcome.adapter_bank,
                "results": {stage: str(job_dir / stage) for stage in STAGES if (job_dir / stage).exists()}}
-    atomic_write_text(job_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+    atomic_write_text(job_dir / JOB_SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
     if remote:
         _upload_job(job_dir, remote)
 
@@ -178,13 +176,13 @@ def _tune(job: JobSpec, job_dir: Path, address: str | None) -> dict:
     resume = Tuner.can_restore(settings.experiment_dir())
     if resume:
         logger.info(f"[tune] resuming the search in {settings.experiment_dir()}")
-    elif exists_at(f"{settings.experiment_dir().rstrip('/')}/{TRIALS_FILE}"):
+    elif exists_at(join(settings.experiment_dir(), TRIALS_FILE)):
         # A rerun resumes by itself; tables without Tune's state cannot be continued.
         raise PointPEFTError(f"tune: {settings.experiment_dir()} holds a search's tables but no Ray Tune state to "
                              "resume it from (cut short before Tune saved it, or copied without it); move that "
                              "folder aside to search again (nothing was changed)")
     outcome = run_search(job.tune_config(), job.search_space(), settings, address, resume=resume)
-    trials = read_trials(f"{outcome.experiment_dir.rstrip('/')}/{TRIALS_FILE}").to_pylist()  # may be a URI
+    trials = read_trials(join(outcome.experiment_dir, TRIALS_FILE)).to_pylist()  # may be a URI
     try:
         best = best_trial(trials)
     except ResultsError:
@@ -221,7 +219,7 @@ def _write_adapter_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
     entries = entries_from_task_rows(row for rows in outcome.task_rows.values() for row in rows)
     if not entries:
         return None
-    path = job_dir / ADAPTERS_FOLDER
+    path = job_dir / ADAPTERS_DIR
     write_adapter_bank(path, entries)
     logger.info(f"[job] adapter bank: {len(entries)} adapter(s) in {path}")
     return str(path)

@@ -28,7 +28,7 @@ from ..engine.config import TrainConfig
 from ..errors import ConfigError, PointPEFTError
 from ..models.backbone import BackboneConfig
 from ..pretrain.config import PretrainConfig
-from ..results.storage import is_uri
+from ..results.storage import is_uri, join
 from ..results.tables import param_column
 from ..search.parameters import FixedParameter
 from ..search.paths import deep_merge
@@ -176,9 +176,7 @@ class JobSpec(StrictConfig):
 
     def job_storage(self) -> str:
         """Where the job keeps everything: STORAGE/NAME (a URI stays a URI)."""
-        if is_uri(self.storage):
-            return f"{self.storage.rstrip('/')}/{self.name}"
-        return str(Path(self.storage).expanduser().resolve() / self.name)
+        return join(self.storage if is_uri(self.storage) else Path(self.storage).expanduser().resolve(), self.name)
 
     def max_concurrent(self, stage: str) -> Optional[int]:
         """Runs of `stage` at once (None: what the cluster fits)."""

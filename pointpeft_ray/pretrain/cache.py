@@ -21,13 +21,12 @@ from filelock import FileLock
 
 from ..atomic import atomic_write_text
 from ..data.cache import default_cache_dir
+from ..file_names import MANIFEST_FILE, PRETRAINED_FILE
 from .config import PretrainConfig
 from .loop import PretrainResult, pretrain
 
 # Bump when a code change alters what a config trains to.
 PRETRAIN_CACHE_VERSION = 1
-CHECKPOINT_NAME = "pretrain.pth"
-MANIFEST_NAME = "manifest.json"
 Runner = Callable[..., PretrainResult]
 logger = logging.getLogger(__name__)
 
@@ -45,12 +44,12 @@ def weights_key(config: PretrainConfig) -> str:
 
 def cached_checkpoint_path(config: PretrainConfig) -> Path:
     root = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-    return root / "pretrained" / weights_key(config) / CHECKPOINT_NAME
+    return root / "pretrained" / weights_key(config) / PRETRAINED_FILE
 
 
 def read_manifest(checkpoint: Path) -> dict | None:
     try:
-        return json.loads((checkpoint.parent / MANIFEST_NAME).read_text())
+        return json.loads((checkpoint.parent / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -95,4 +94,4 @@ def _write_manifest(path: Path, config: PretrainConfig, result: PretrainResult) 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "history": result.history,
     }
-    atomic_write_text(path.parent / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(path.parent / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str))

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from ..configuration import StrictConfig
 from ..engine.config import BackboneChoice, ScheduleSection
+from ..file_names import PRETRAINED_FILE
 
 # The published pre-training runs the ScanObjectNN-sized transformer on 64
 # patches of 32 points (1024-point ShapeNet clouds) instead of 128 patches.
@@ -86,7 +87,7 @@ class PretrainConfig(StrictConfig):
     def output_path(self) -> Path | None:
         if self.output:
             return Path(self.output)
-        return Path(self.run_dir) / "pretrain.pth" if self.run_dir else None
+        return Path(self.run_dir) / PRETRAINED_FILE if self.run_dir else None
 
 
 def masked_count(num_group: int, mask_ratio: float) -> int:

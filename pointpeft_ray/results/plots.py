@@ -15,9 +15,6 @@ from typing import Any, Mapping, Sequence, Union
 from ..atomic import atomic_file
 from .tables import param_column
 
-LEARNING_CURVES = "learning_curves.png"
-ACCURACY_VS_PARAMS = "accuracy_vs_params.png"
-ACCURACY_VS_SIZE = "accuracy_vs_trainable_params.png"
 MAX_CURVES = 10          # more lines than this make a legend unreadable
 PANELS_PER_ROW = 3
 POINT_COLOUR = "tab:blue"

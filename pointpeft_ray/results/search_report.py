@@ -15,12 +15,13 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from ..errors import ResultsError
+from ..file_names import (ACCURACY_VS_PARAMS_PLOT, ACCURACY_VS_SIZE_PLOT, BEST_CONFIG_FILE, EPOCHS_FILE,
+                          LEARNING_CURVES_PLOT, TRIALS_FILE)
 from ..output import format_table
 from . import plots
 from .best_config import FINISHED, best_trial, number_or_none, rank_trials
 from .importance import Importances, param_importances
-from .tables import (BEST_CONFIG_FILE, EPOCHS_FILE, PARAM_PREFIX, TRIAL_STATUSES, TRIALS_FILE, final_and_best,
-                     read_epochs, read_trials, search_space_of)
+from .tables import PARAM_PREFIX, TRIAL_STATUSES, final_and_best, read_epochs, read_trials, search_space_of
 
 EXPECTED_FILES = (TRIALS_FILE, EPOCHS_FILE, BEST_CONFIG_FILE)
 PLOTS_FOLDER = "plots"
@@ -185,11 +186,11 @@ def _draw(experiment: Experiment, top_rows: list[dict], finished: list[dict], se
     figures: dict[str, plots.PlotOutcome] = {}
     if experiment.curves:
         figures["learning_curves"] = plots.learning_curves_png(
-            experiment.curves, [row["trial_id"] for row in top_rows], folder / plots.LEARNING_CURVES)
+            experiment.curves, [row["trial_id"] for row in top_rows], folder / LEARNING_CURVES_PLOT)
     else:
         figures["learning_curves"] = plots.Skipped(f"no epochs recorded ({EPOCHS_FILE} missing or empty)")
-    figures["accuracy_vs_params"] = plots.accuracy_vs_params_png(finished, searched, folder / plots.ACCURACY_VS_PARAMS)
-    figures["accuracy_vs_trainable_params"] = plots.accuracy_vs_size_png(finished, folder / plots.ACCURACY_VS_SIZE)
+    figures["accuracy_vs_params"] = plots.accuracy_vs_params_png(finished, searched, folder / ACCURACY_VS_PARAMS_PLOT)
+    figures["accuracy_vs_trainable_params"] = plots.accuracy_vs_size_png(finished, folder / ACCURACY_VS_SIZE_PLOT)
     return figures
 
 

@@ -17,10 +17,6 @@ from .storage import read_parquet
 
 TRIALS_SCHEMA_VERSION = 1
 EPOCHS_SCHEMA_VERSION = 1
-# An experiment folder: what a search writes (distributed.recorder) and `report` reads.
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"  # also beside a fine-tune stage's tasks.parquet
-BEST_CONFIG_FILE = "best_config.yaml"
 
 # Keys of the schema metadata (also the Parquet file's key-value metadata).
 TABLE_KEY = b"pointpeft.table"

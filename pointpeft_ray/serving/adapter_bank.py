@@ -47,14 +47,13 @@ from ..engine.build import resolve_device
 from ..engine.config import TrainConfig
 from ..engine.loop import voted_logits
 from ..errors import CheckpointError, DataFormatError, PointPEFTError
+from ..file_names import ADAPTERS_DIR, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BANK_INDEX_FILE, MEMORY_BANK_FILE
 from ..models.backbone import BackboneConfig, PointMAEBackbone
 from ..models.checkpoint import fingerprint_tensors, load_checkpoint
-from ..models.peft.adapter_io import BANK_NAME, CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
+from ..models.peft.adapter_io import read_adapter_config
 from ..models.peft.config import PointPEFTConfig
 from ..models.peft.model import PointPEFTModel, trainable_backbone_names
 
-INDEX_NAME = "index.json"
-ADAPTERS_DIR = "adapters"
 LOCK_NAME = ".index.lock"
 ADAPTER_BANK_FORMAT = "pointpeft-adapter-bank"
 ADAPTER_BANK_FORMAT_VERSION = 1
@@ -135,7 +134,7 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
         raise AdapterBankError(f"{directory}: entry names must be unique; repeated: {duplicates}")
     backbone = _one_backbone(directory, {p["name"]: p["backbone"] for p in prepared})
     directory.mkdir(parents=True, exist_ok=True)
-    index_path = directory / INDEX_NAME
+    index_path = directory / BANK_INDEX_FILE
     with FileLock(str(directory / LOCK_NAME)):
         kept = {}
         if index_path.exists() and not replace:
@@ -175,13 +174,13 @@ def _prepare_entry(entry: BankEntry) -> dict:
         meta = read_adapter_config(source)
     except CheckpointError as err:
         raise AdapterBankError(f"{where}: {err}") from None
-    if not (source / WEIGHTS_NAME).is_file():
-        raise AdapterBankError(f"{where}: {source}: missing {WEIGHTS_NAME}")
+    if not (source / ADAPTER_WEIGHTS_FILE).is_file():
+        raise AdapterBankError(f"{where}: {source}: missing {ADAPTER_WEIGHTS_FILE}")
     config = _train_config(entry.config, where)
     if config.mode != "peft":
         raise AdapterBankError(f"{where}: a bank holds PEFT adapters; the run's mode is {config.mode!r}")
-    if PointPEFTConfig(**meta["peft_config"]).uses_bank and not (source / BANK_NAME).is_file():
-        raise AdapterBankError(f"{where}: {source}: the prompts use a memory bank but {BANK_NAME} is missing")
+    if PointPEFTConfig(**meta["peft_config"]).uses_bank and not (source / MEMORY_BANK_FILE).is_file():
+        raise AdapterBankError(f"{where}: {source}: the prompts use a memory bank but {MEMORY_BANK_FILE} is missing")
     task = get_task(config.data.task).with_options(**config.data.options)
     class_names = list(entry.class_names) if entry.class_names is not None else _fixed_class_names(task)
     if class_names is not None and len(class_names) != meta["num_classes"]:
@@ -265,7 +264,7 @@ def _one_backbone(directory: Path, backbones: dict[str, dict]) -> dict:
 
 def _copy_adapter(source: Path, target: Path) -> None:
     with atomic_directory(target) as staging:
-        for name in (CONFIG_NAME, WEIGHTS_NAME, BANK_NAME):
+        for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MEMORY_BANK_FILE):
             if (source / name).is_file():
                 shutil.copy2(source / name, staging / name)
 
@@ -308,9 +307,9 @@ def _plain(value: Any) -> Any:
 
 def read_bank_index(directory: str | Path) -> dict:
     """index.json of a bank, checked: errors name the file and the key."""
-    path = Path(directory) / INDEX_NAME
+    path = Path(directory) / BANK_INDEX_FILE
     if not path.is_file():
-        raise AdapterBankError(f"{directory}: not an adapter bank (no {INDEX_NAME})")
+        raise AdapterBankError(f"{directory}: not an adapter bank (no {BANK_INDEX_FILE})")
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -404,7 +403,7 @@ class AdapterBank:
 
     def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
         self.directory = Path(directory)
-        self.index_path = self.directory / INDEX_NAME
+        self.index_path = self.directory / BANK_INDEX_FILE
         self.index = read_bank_index(self.directory)
         for name, record in self.index["entries"].items():
             folder = self.directory / record["adapter"]

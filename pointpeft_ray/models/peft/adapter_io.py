@@ -15,12 +15,10 @@ import torch
 
 from ...atomic import atomic_directory
 from ...errors import CheckpointError
+from ...file_names import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MEMORY_BANK_FILE
 from .memory_bank import read_bank_file, write_bank_file
 
 ADAPTER_FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_weights.pt"
-BANK_NAME = "memory_bank.arrow"
 
 
 def save_adapter(model: torch.nn.Module, directory: str | Path, include_memory_bank: bool = True) -> Path:
@@ -41,17 +39,17 @@ def save_adapter(model: torch.nn.Module, directory: str | Path, include_memory_b
     # reader never finds half an adapter.
     with atomic_directory(directory) as staging:
         state = {k: v.detach().cpu().contiguous() for k, v in model.adapter_state_dict().items()}
-        torch.save(state, staging / WEIGHTS_NAME)
+        torch.save(state, staging / ADAPTER_WEIGHTS_FILE)
         if include_memory_bank and model.memory_bank is not None:
-            write_bank_file(model.memory_bank, staging / BANK_NAME)
-        (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            write_bank_file(model.memory_bank, staging / MEMORY_BANK_FILE)
+        (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
 
 
 def read_adapter_config(directory: str | Path) -> dict:
-    path = Path(directory) / CONFIG_NAME
+    path = Path(directory) / ADAPTER_CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{directory}: not an adapter directory (no {CONFIG_NAME})")
+        raise CheckpointError(f"{directory}: not an adapter directory (no {ADAPTER_CONFIG_FILE})")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -76,14 +74,14 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> None:
             "build the model with PointPEFTModel.from_adapter(backbone, directory)"
         )
     try:
-        state = torch.load(directory / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        state = torch.load(directory / ADAPTER_WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{directory}: missing {WEIGHTS_NAME}") from None
+        raise CheckpointError(f"{directory}: missing {ADAPTER_WEIGHTS_FILE}") from None
     expected = set(model.adapter_state_dict())
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise CheckpointError(f"{directory}: adapter weights do not fit: missing {missing[:6]}, unexpected {extra[:6]}")
     model.load_state_dict(state, strict=False)
-    bank_path = directory / BANK_NAME
+    bank_path = directory / MEMORY_BANK_FILE
     if bank_path.is_file():
         model.attach_memory_bank(read_bank_file(bank_path))
