@@ -75,13 +75,10 @@ class BatchLoader:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(count)
         else:
             order = np.arange(count)
-        if self.world_size > 1 and not self.pad_shards:
-            return order[self.rank::self.world_size]
-        if self.world_size > 1:
+        if self.pad_shards:
             # Equal shards for every rank (wrapping around), as DistributedSampler does.
-            per_rank = math.ceil(count / self.world_size)
-            order = np.resize(order, per_rank * self.world_size)[self.rank::self.world_size]
-        return order
+            order = np.resize(order, math.ceil(count / self.world_size) * self.world_size)
+        return order[self.rank::self.world_size]
 
     def __len__(self) -> int:
         count = len(self._rank_order())

@@ -24,17 +24,12 @@ from . import synthetic
 from .cache import cache_path, default_cache_dir, load_or_build
 from .formats import (read_fewshot, read_modelnet40_dat, read_modelnet40_h5, read_modelnet40_text, read_scanobjectnn,
                       read_shapenet55)
+from .formats.scanobjectnn import VARIANT_FILES, scanobjectnn_path
 from .loader import BatchLoader
 from .split import PointSplit
 from .transforms import build_augmentation, build_augmentation_for
 
 LOADER_VERSION = 1
-SCANOBJECTNN_FILES = {
-    "obj_bg": ("main_split", "{split}_objectdataset.h5"),
-    "obj_only": ("main_split_nobg", "{split}_objectdataset.h5"),
-    "pb_t50_rs": ("main_split", "{split}_objectdataset_augmentedrot_scale75.h5"),
-}
-_SPLIT_FILE_NAMES = {"train": "training", "test": "test"}
 USER_OPTIONS = {"synthetic": ("samples_per_class", "points", "seed")}
 
 
@@ -75,7 +70,7 @@ _FIXED: dict[str, Task] = {
     **{
         f"scanobjectnn/{v}": Task(f"scanobjectnn/{v}", "scanobjectnn", num_points=2048,
                                   train_augment="rotate", options={"variant": v})
-        for v in SCANOBJECTNN_FILES
+        for v in VARIANT_FILES
     },
     # Published ModelNet40 recipe: FPS 1200 of 8192 once, then a random 1024
     # for training; the first 1024 (= FPS 1024) for testing; voting over 10 views.
@@ -144,8 +139,6 @@ def _cache_key(task: Task, split: str, root: Path | None, allow_pickle: bool) ->
     key = {"task": task.name, "split": split, "loader": LOADER_VERSION, "options": task.options,
            "cache_points": task.cache_points}
     if task.family == "synthetic":
-        from . import synthetic
-
         key["generator"] = synthetic.GENERATOR_VERSION
     else:
         key["root"] = str(root.resolve())
@@ -164,8 +157,7 @@ def _stat(path: Path) -> list:
 def _source_files(task: Task, split: str, root: Path, allow_pickle: bool) -> list[Path]:
     """The files whose change must invalidate the cache (index files for trees)."""
     if task.family == "scanobjectnn":
-        folder, pattern = SCANOBJECTNN_FILES[task.options["variant"]]
-        return [root / folder / pattern.format(split=_SPLIT_FILE_NAMES[split])]
+        return [scanobjectnn_path(root, task.options["variant"], split)]
     if task.family == "modelnet40":
         base = root / "modelnet40_normal_resampled"
         return [_modelnet_dat(root, split) if _use_dat(root, split, allow_pickle) else base / f"modelnet40_{split}.txt"]
