@@ -59,14 +59,14 @@ def _read_if_fresh(path: Path, key: dict) -> PointSplit | None:
     if not path.exists():
         return None
     try:
-        meta = read_split_metadata(path)
+        table, meta = _read_table(path)
     except DataFormatError as err:
         # derived data: rebuilt, but never silently (a damaged disk should be noticed)
         logging.getLogger(__name__).warning("%s: unreadable split cache (%s); rebuilding it", path, err)
         return None
     if meta.get("key") != json.loads(json.dumps(key)) or meta.get("format") != CACHE_FORMAT_VERSION:
         return None
-    return read_split(path)
+    return _as_split(table, meta, path)
 
 
 def write_split(split: PointSplit, path: Path, key: dict) -> Path:
@@ -87,27 +87,25 @@ def write_split(split: PointSplit, path: Path, key: dict) -> Path:
     return write_ipc_atomic(table, path)
 
 
-def read_split_metadata(path: Path) -> dict:
+def _read_table(path: Path) -> tuple[pa.Table, dict]:
+    """The memory-mapped (zero-copy) table and its split metadata."""
     try:
-        with pa.memory_map(str(path), "r") as source:
-            schema = pa.ipc.open_file(source).schema
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise DataFormatError(f"{path}: not a readable Arrow split cache ({err})") from None
-    raw = (schema.metadata or {}).get(_META_KEY)
+    raw = (table.schema.metadata or {}).get(_META_KEY)
     if raw is None:
         raise DataFormatError(f"{path}: Arrow file without pointpeft split metadata")
-    return json.loads(raw)
+    return table, json.loads(raw)
 
 
 def read_split(path: str | Path) -> PointSplit:
     """Memory-mapped, zero-copy read of a cached split (validated when written)."""
     path = Path(path)
-    meta = read_split_metadata(path)
-    try:
-        source = pa.memory_map(str(path), "r")
-        table = pa.ipc.open_file(source).read_all()
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataFormatError(f"{path}: not a readable Arrow split cache ({err})") from None
+    return _as_split(*_read_table(path), path)
+
+
+def _as_split(table: pa.Table, meta: dict, path: Path) -> PointSplit:
     count, per_sample = meta["count"], meta["points_per_sample"]
     points = column_numpy(table, "points").reshape(count, per_sample, 3)
     labels = column_numpy(table, "label")
