@@ -51,29 +51,25 @@ def read_hdf5_key(handle, path: Path, key: str, required: bool = True) -> np.nda
     return np.asarray(handle[key][()])
 
 
-def require_clouds(points: np.ndarray, path: Path, key: str) -> np.ndarray:
-    """Points must be (samples, points, 3)."""
+def read_hdf5_clouds(handle, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """'data' as (samples, points, 3) and 'label' as int64 (samples,), stored (samples,) or (samples, 1)."""
+    points = read_hdf5_key(handle, path, "data")
     if points.ndim != 3 or points.shape[-1] != 3 or (points.shape[0] and not points.shape[1]):
         raise DataFormatError(
-            f"{path}: key {key!r} must have shape (samples, points >= 1, 3), found {points.shape}"
+            f"{path}: key 'data' must have shape (samples, points >= 1, 3), found {points.shape}"
         )
-    return points
-
-
-def integer_labels(labels: np.ndarray, count: int, path: Path, key: str) -> np.ndarray:
-    """Labels as int64 of shape (count,); accepts (count,) or (count, 1)."""
-    labels = np.asarray(labels)
+    count, labels = len(points), read_hdf5_key(handle, path, "label")
     if labels.shape not in ((count,), (count, 1)):
         raise DataFormatError(
-            f"{path}: key {key!r} must have shape ({count},) or ({count}, 1) "
+            f"{path}: key 'label' must have shape ({count},) or ({count}, 1) "
             f"to match {count} point clouds, found {labels.shape}"
         )
     labels = labels.reshape(-1)
     if not np.issubdtype(labels.dtype, np.integer):
         # Float labels are tolerated only when they hold whole numbers.
         if not np.issubdtype(labels.dtype, np.number) or not np.all(np.mod(labels, 1) == 0):
-            raise DataFormatError(f"{path}: key {key!r} must hold integer labels, found {labels.dtype}")
-    return labels.astype(np.int64)
+            raise DataFormatError(f"{path}: key 'label' must hold integer labels, found {labels.dtype}")
+    return points, labels.astype(np.int64)
 
 
 def normalize_to_unit_sphere(points: np.ndarray) -> np.ndarray:

@@ -12,9 +12,8 @@ from ...progress import progress_bar
 from ...errors import DataFormatError
 from ...models.ops import farthest_point_sample, gather_points
 from ..split import PointSplit
-from ._checks import (check_split, integer_labels, normalize_to_unit_sphere, open_hdf5,
-                      read_hdf5_key, read_list_file, require_clouds, require_listed_files,
-                      require_path, stack_scalar_labels, stack_xyz_clouds)
+from ._checks import (check_split, normalize_to_unit_sphere, open_hdf5, read_hdf5_clouds, read_list_file,
+                      require_listed_files, require_path, stack_scalar_labels, stack_xyz_clouds)
 from .class_names import MODELNET40_CLASSES
 from .safe_pickle import load_pickle_opted_in
 
@@ -137,6 +136,5 @@ def read_modelnet40_h5(root: str | Path, split: str) -> PointSplit:
 
 def read_modelnet40_h5_file(path: Path) -> PointSplit:
     with open_hdf5(path) as handle:
-        points = require_clouds(read_hdf5_key(handle, path, "data"), path, "data")
-        labels = integer_labels(read_hdf5_key(handle, path, "label"), len(points), path, "label")
+        points, labels = read_hdf5_clouds(handle, path)
     return PointSplit(points, labels, list(MODELNET40_CLASSES), source=str(path))

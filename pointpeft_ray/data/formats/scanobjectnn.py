@@ -5,8 +5,7 @@ from pathlib import Path
 
 from ...errors import ConfigError, DataFormatError
 from ..split import PointSplit
-from ._checks import (check_split, integer_labels, open_hdf5, read_hdf5_key, require_clouds,
-                      require_path)
+from ._checks import check_split, open_hdf5, read_hdf5_clouds, read_hdf5_key, require_path
 from .class_names import SCANOBJECTNN_CLASSES
 
 # variant -> (directory, file name suffix after "{training,test}_objectdataset")
@@ -39,8 +38,7 @@ def scanobjectnn_path(root: str | Path, variant: str, split: str) -> Path:
 def read_scanobjectnn(root: str | Path, variant: str, split: str) -> PointSplit:
     path = require_path(scanobjectnn_path(root, variant, split), LAYOUT)
     with open_hdf5(path) as handle:
-        points = require_clouds(read_hdf5_key(handle, path, "data"), path, "data")
-        labels = integer_labels(read_hdf5_key(handle, path, "label"), len(points), path, "label")
+        points, labels = read_hdf5_clouds(handle, path)
         mask = read_hdf5_key(handle, path, "mask", required=False)
     extras = {}
     if mask is not None:
