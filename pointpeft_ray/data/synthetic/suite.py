@@ -57,7 +57,8 @@ def make_split(variant: str, split: str, samples_per_class: int | None = None, n
     jobs = [(c, i) for i in range(samples_per_class) for c in range(len(CLASS_NAMES))]
     points = np.empty((len(jobs), num_points, 3), dtype=np.float32)
     masks = np.empty((len(jobs), num_points), dtype=np.int8) if variant in BACKGROUND_SHARE else None
-    for row, (class_index, index) in enumerate(_progress(jobs, progress, f"synthetic {variant}:{split}")):
+    bar = progress_bar(jobs, progress, desc=f"synthetic {variant}:{split}", unit="obj", leave=False)
+    for row, (class_index, index) in enumerate(bar):
         cloud, mask = generate_sample(variant, class_index, _streams(seed, split, class_index, index), num_points)
         points[row] = cloud
         if masks is not None:
@@ -68,10 +69,6 @@ def make_split(variant: str, split: str, samples_per_class: int | None = None, n
         source=(f"pointpeft_ray synthetic generator v{GENERATOR_VERSION} variant={variant} split={split} "
                 f"samples_per_class={samples_per_class} num_points={num_points} seed={seed}"),
         extras={} if masks is None else {"mask": masks})
-
-
-def _progress(jobs, enabled, desc):
-    return progress_bar(jobs, enabled, desc=desc, unit="obj", leave=False)
 
 
 def _streams(seed, split, class_index, index):
