@@ -22,6 +22,7 @@ from ..engine.config import TrainConfig
 FREE_SECTIONS = frozenset({"data.options"})
 
 FieldKind = Literal["int", "float", "bool", "str", "choice", "other", "any"]
+_SCALAR_KINDS: dict[type, FieldKind] = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,15 @@ class ConfigField:
             return "other"
         if typing.get_origin(inner[0]) is Literal:
             return "choice"
-        # bool first: it is a subclass of int.
-        for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-            if inner[0] is cls:
-                return kind
-        return "other"
+        return _SCALAR_KINDS.get(inner[0], "other")
 
     def coerce(self, value: Any) -> Any:
         """`value` as the field stores it (e.g. the YAML string "1e-4" -> 0.0001), checked
         against the field's own constraints (ge, lt, Literal choices)."""
         if self.info is None:
             return value
-        annotation = self.info.annotation
-        if self.info.metadata:
-            annotation = typing.Annotated[(annotation, *self.info.metadata)]
-        adapter = TypeAdapter(annotation)
         try:
-            return adapter.validate_python(value)
+            return TypeAdapter(self.info.rebuild_annotation()).validate_python(value)
         except ValidationError as err:
             raise ValueError(f"{value!r} is not valid for {self.path}: {err.errors()[0]['msg']}") from None
 
@@ -95,7 +88,6 @@ def resolve_field(path: str) -> ConfigField:
         if not last:
             raise ValueError(f"{here} is a value, not a section")
         return ConfigField(path, model.model_fields[part])
-    raise ValueError("empty path")
 
 
 def _section_model(model: type[BaseModel], part: str) -> Optional[type[BaseModel]]:
