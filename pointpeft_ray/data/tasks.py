@@ -12,7 +12,6 @@ import difflib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -180,7 +179,7 @@ def _use_dat(root: Path, split: str, allow_pickle: bool) -> bool:
 
 
 def _prepare(task: Task, split: str, root: Path | None, allow_pickle: bool, progress: bool) -> PointSplit:
-    data = _READERS[task.family](task, split, root, allow_pickle, progress)
+    data = _read(task, split, root, allow_pickle, progress)
     if task.cache_points is not None and data.points_per_sample > task.cache_points:
         data = fps_reduce(data, task.cache_points, progress)
     return replace(data, name=f"{task.name}:{split}", check=False)
@@ -199,43 +198,23 @@ def fps_reduce(data: PointSplit, count: int, progress: bool = True, chunk: int =
     return replace(data, points=np.concatenate(parts), check=False)
 
 
-def _read_synthetic(task, split, root, allow_pickle, progress) -> PointSplit:
-    samples = task.options.get("samples_per_class", synthetic.DEFAULT_SAMPLES[split])
-    return synthetic.make_split(task.options["variant"], split, samples_per_class=samples,
-                                num_points=task.options.get("points", task.num_points),
-                                seed=task.options.get("seed", 0), progress=progress)
-
-
-def _read_scanobjectnn(task, split, root, allow_pickle, progress) -> PointSplit:
-    return read_scanobjectnn(root, task.options["variant"], split)
-
-
-def _read_modelnet40(task, split, root, allow_pickle, progress) -> PointSplit:
-    if _use_dat(root, split, allow_pickle):
-        return read_modelnet40_dat(_modelnet_dat(root, split), allow_pickle=True)
-    # FPS is greedy, so FPS to 1200 equals the first 1200 of FPS to 8192:
-    # reading straight to cache_points skips 85% of the sequential work.
-    return read_modelnet40_text(root, split, num_points=task.cache_points or 8192, progress=progress)
-
-
-def _read_modelnet40_h5(task, split, root, allow_pickle, progress) -> PointSplit:
-    return read_modelnet40_h5(root, split)
-
-
-def _read_fewshot(task, split, root, allow_pickle, progress) -> PointSplit:
+def _read(task: Task, split: str, root: Path | None, allow_pickle: bool, progress: bool) -> PointSplit:
     o = task.options
-    return read_fewshot(root, o["way"], o["shot"], o["fold"], split, allow_pickle=allow_pickle)
-
-
-def _read_shapenet55(task, split, root, allow_pickle, progress) -> PointSplit:
+    if task.family == "synthetic":
+        return synthetic.make_split(o["variant"], split,
+                                    samples_per_class=o.get("samples_per_class", synthetic.DEFAULT_SAMPLES[split]),
+                                    num_points=o.get("points", task.num_points), seed=o.get("seed", 0),
+                                    progress=progress)
+    if task.family == "scanobjectnn":
+        return read_scanobjectnn(root, o["variant"], split)
+    if task.family == "modelnet40":
+        if _use_dat(root, split, allow_pickle):
+            return read_modelnet40_dat(_modelnet_dat(root, split), allow_pickle=True)
+        # FPS is greedy, so FPS to 1200 equals the first 1200 of FPS to 8192:
+        # reading straight to cache_points skips 85% of the sequential work.
+        return read_modelnet40_text(root, split, num_points=task.cache_points or 8192, progress=progress)
+    if task.family == "modelnet40_h5":
+        return read_modelnet40_h5(root, split)
+    if task.family == "fewshot":
+        return read_fewshot(root, o["way"], o["shot"], o["fold"], split, allow_pickle=allow_pickle)
     return read_shapenet55(root, split)
-
-
-_READERS: dict[str, Callable[..., PointSplit]] = {
-    "synthetic": _read_synthetic,
-    "scanobjectnn": _read_scanobjectnn,
-    "modelnet40": _read_modelnet40,
-    "modelnet40_h5": _read_modelnet40_h5,
-    "fewshot": _read_fewshot,
-    "shapenet55": _read_shapenet55,
-}
