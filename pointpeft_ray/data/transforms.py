@@ -189,6 +189,4 @@ class Voting:
             return voting_views(points, self.views, draw, gen, keep_first=False)
         if self.num_points is not None and points.shape[1] > self.num_points:
             points = points[:, :self.num_points]
-        if self.views == 1:
-            return [points]
         return voting_views(points, self.views, ScaleTranslate(), gen)
