@@ -11,18 +11,17 @@ from .split import PointSplit
 
 
 def summarise(splits: dict[str, PointSplit]) -> dict:
-    out = {}
-    for name, data in splits.items():
-        extent = np.abs(data.points).max()
-        out[name] = {
+    return {
+        name: {
             "samples": len(data),
             "points_per_sample": data.points_per_sample,
             "classes": data.num_classes,
             "per_class": data.class_counts(),
-            "max_abs_coordinate": float(extent),
+            "max_abs_coordinate": float(np.abs(data.points).max()),
             "source": data.source,
         }
-    return out
+        for name, data in splits.items()
+    }
 
 
 def format_summary(task: str, summary: dict) -> str:

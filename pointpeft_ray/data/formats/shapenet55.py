@@ -19,9 +19,9 @@ def read_shapenet55(root: str | Path, split: str, progress: bool = True) -> Poin
     root = Path(root)
     list_path = require_path(root / "ShapeNet-55" / f"{check_split(split)}.txt", LAYOUT)
     cloud_dir = require_path(root / "shapenet_pc", LAYOUT, "directory")
-    lists = dict(all_lists(root))
-    names = lists[list_path]
     # Synsets from both lists, so train and test agree on labels even if one lacks a class.
+    lists = {p: read_list_file(p) for p in (list_path.with_name(f"{s}.txt") for s in SPLITS) if p.is_file()}
+    names = lists[list_path]
     synsets = sorted({synset_of(n, p) for p, listed in lists.items() for n in listed})
     files = [cloud_dir / name for name in names]
     require_listed_files(files, list_path, LAYOUT)
@@ -29,13 +29,6 @@ def read_shapenet55(root: str | Path, split: str, progress: bool = True) -> Poin
     labels = np.array([rank[synset_of(n, list_path)] for n in names], np.int64)
     return PointSplit(load_clouds(files, progress), labels, synsets,
                       name=f"shapenet55:{split}", source=str(list_path))
-
-
-def all_lists(root: Path):
-    for split in SPLITS:
-        path = root / "ShapeNet-55" / f"{split}.txt"
-        if path.is_file():
-            yield path, read_list_file(path)
 
 
 def synset_of(file_name: str, list_path: Path) -> str:
