@@ -303,10 +303,9 @@ def _numeric(path: str, spec: Union[FloatSpec, IntSpec], field: ConfigField, whe
         raise ValueError(f"low ({low}) must be < high ({high}); use type: fixed for a single value")
     if spec.log and not isinstance(low, BoundExpression) and low <= 0:
         raise ValueError(f"log: true needs low > 0, got low {low}")
-    step = spec.step if integer or spec.step is None else float(spec.step)
-    if spec.log and step != (1 if integer else None):
+    if spec.log and spec.step != (1 if integer else None):
         raise ValueError("log: true cannot be combined with a step (Optuna samples log ranges continuously)")
-    return NumericParameter(path, when, integer, low, high, spec.log, step)
+    return NumericParameter(path, when, integer, low, high, spec.log, spec.step)
 
 
 def _check_numeric_field(field: ConfigField, integer: bool) -> None:
