@@ -70,7 +70,6 @@ def _read_if_fresh(path: Path, key: dict) -> PointSplit | None:
 
 
 def write_split(split: PointSplit, path: Path, key: dict) -> Path:
-    count, per_sample = len(split), split.points_per_sample
     columns = {"points": fixed_size_list(split.points), "label": pa.array(split.labels)}
     columns.update({f"extra.{name}": fixed_size_list(values) for name, values in split.extras.items()})
     meta = {
@@ -79,8 +78,8 @@ def write_split(split: PointSplit, path: Path, key: dict) -> Path:
         "name": split.name,
         "source": split.source,
         "class_names": list(split.class_names),
-        "points_per_sample": per_sample,
-        "count": count,
+        "points_per_sample": split.points_per_sample,
+        "count": len(split),
         "extra_shapes": {n: list(np.asarray(v).shape[1:]) for n, v in split.extras.items()},
     }
     table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
