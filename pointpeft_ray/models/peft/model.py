@@ -276,8 +276,8 @@ class PointPEFTModel(nn.Module):
         source = self._prompt_source(points, tokens, pos, sample_index)
         x, pos = self.backbone.with_cls(tokens, pos)
         for index, block in enumerate(self.backbone.blocks.blocks):
-            prompted = self.prompt is not None and index < self.prompt.depth
-            block_geometry = prompt_geometry if prompted and prompt_geometry is not None else geometry
+            # prompt_geometry exists only with prompts, and serves the prompted blocks
+            block_geometry = prompt_geometry if prompt_geometry is not None and index < self.prompt.depth else geometry
             x = self._run_block(index, block, x + pos, source, block_geometry)
         feature = self.backbone.classification_feature(self.backbone.norm(x))
         return self.cls_head_finetune(feature)
@@ -310,15 +310,13 @@ class PointPEFTModel(nn.Module):
         attention = block.attention_branch(x)
         x = x + (attention if published_drop else block.drop_path(attention))
         mlp_out = block.mlp_branch(x)
-        adapter = self.adapters[index] if self.adapters is not None else None
         if published_drop:
             # Published: drop-path on the MLP output, then the adapter beside it.
             mlp_out = block.drop_path(mlp_out)
-            x = x + (adapter.parallel_to_mlp(mlp_out) if adapter is not None else mlp_out)
-        else:
-            if adapter is not None:
-                mlp_out = adapter.parallel_to_mlp(mlp_out)
-            x = x + block.drop_path(mlp_out)
+        adapter = self.adapters[index] if self.adapters is not None else None
+        if adapter is not None:
+            mlp_out = adapter.parallel_to_mlp(mlp_out)
+        x = x + (mlp_out if published_drop else block.drop_path(mlp_out))
         if adapter is not None:
             rows = x[:, 1:] if geometry.over_prompts else x[:, start:]
             drop = block.drop_path if published_drop else None
