@@ -89,17 +89,14 @@ def lr_at(epoch: int, schedule: ScheduleSection, recipe: str = "ours") -> float:
     way and its cosine counts from epoch 0 over all `epochs`.
     """
     o = schedule
+    step = max(epoch - 1, 0) if recipe == "published" else epoch
+    if step < o.warmup_epochs:
+        return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * step / o.warmup_epochs
     if recipe == "published":
-        step = max(epoch - 1, 0)
-        if step < o.warmup_epochs:
-            return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * step / o.warmup_epochs
         if step >= o.epochs:
             return o.min_lr
         return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * step / o.epochs))
-    if epoch < o.warmup_epochs:
-        return o.warmup_start_lr + (o.lr - o.warmup_start_lr) * epoch / o.warmup_epochs
-    span = max(1, o.epochs - o.warmup_epochs)
-    progress = (epoch - o.warmup_epochs) / span
+    progress = (step - o.warmup_epochs) / max(1, o.epochs - o.warmup_epochs)
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
 
 

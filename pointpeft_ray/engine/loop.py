@@ -60,11 +60,6 @@ def voted_logits(model, points: torch.Tensor, voting: Voting, gen: torch.Generat
     return torch.stack([build.forward(model, v, None).float() for v in inputs]).mean(0)
 
 
-def voting_for(config: TrainConfig, task) -> Voting:
-    """Test-time voting of a run: its views (config, else the task's) made as its recipe does."""
-    return Voting(config.data.voting_views or task.voting_views, config.recipe, task.num_points)
-
-
 def evaluate(model, loader, device, num_classes: int, voting: Voting | None = None, seed: int = 0) -> dict:
     """Overall accuracy, mean class accuracy, per-class accuracy and loss.
 
@@ -87,8 +82,8 @@ def evaluate(model, loader, device, num_classes: int, voting: Voting | None = No
             correct.index_add_(0, batch.labels, hits)
     sums = sum_across_ranks(torch.cat([correct, total, loss_sum.view(1)]))
     correct, total, loss_sum = sums[:num_classes].numpy(), sums[num_classes:-1].numpy(), float(sums[-1])
-    per_class = np.divide(correct, total, out=np.zeros_like(correct), where=total > 0)
     present = total > 0
+    per_class = np.divide(correct, total, out=np.zeros_like(correct), where=present)
     # Plain floats: metrics go to JSON, Arrow tables and weights-only checkpoints.
     return {
         "accuracy": float(100.0 * correct.sum() / max(1, total.sum())),
@@ -136,7 +131,8 @@ def train(config: TrainConfig, report: Optional[Reporter] = None, context=None,
     batch_size = build.per_worker_batch(config.optim.batch_size, context.world_size)
     train_loader = task_loader(task, train_data, "train", batch_size, seed=config.seed, rank=context.rank,
                                world_size=context.world_size, augment=config.data.augment, recipe=config.recipe)
-    voting = voting_for(config, task)
+    # test-time views (the config's, else the task's), made as the run's recipe does
+    voting = Voting(config.data.voting_views or task.voting_views, config.recipe, task.num_points)
     test_loader = task_loader(task, test_data, "test", batch_size, rank=context.rank, world_size=context.world_size,
                               all_points=voting.draws_points)
     use_bf16 = config.bf16 and device.type == "cuda"
@@ -285,9 +281,7 @@ class StepGuard:
         elif self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
-        self._accumulate(value * samples)
-
-    def _accumulate(self, weighted) -> None:
+        weighted = value * samples
         self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
 
     def check(self) -> float:

@@ -16,12 +16,11 @@ class ScalarLogger:
     """Writes each epoch's scalars; a no-op without a directory (or on ranks other than 0)."""
 
     def __init__(self, log_dir: str | Path | None):
-        self.log_dir = Path(log_dir) if log_dir else None
         self._writer = None
-        if self.log_dir is not None:
+        if log_dir:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.log_dir), flush_secs=10)
+            self._writer = SummaryWriter(str(log_dir), flush_secs=10)
 
     def log_epoch(self, metrics: dict) -> None:
         if self._writer is None:

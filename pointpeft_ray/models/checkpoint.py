@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -12,9 +13,9 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-# Outer wrappers (DDP) first, then the model-specific prefixes of the
+# The outer wrapper (DDP) first, then the model-specific prefixes of the
 # published pre-train / fine-tune code.
-_WRAPPER_PREFIXES = ("module.",)
+WRAPPER_PREFIX = "module."
 _MODEL_PREFIXES = ("MAE_encoder.", "base_model.", "transformer_q.")
 # Parts of the Point-MAE pre-training model that fine-tuning never uses: the
 # decoder, its mask token and positions, and the point-prediction head.
@@ -55,7 +56,7 @@ class LoadReport:
 
 def is_pretrain_head_key(key: str) -> bool:
     """A Point-MAE pre-training-only tensor (decoder, mask token, increase_dim), after prefix stripping."""
-    key = key[len("module."):] if key.startswith("module.") else key
+    key = key.removeprefix(WRAPPER_PREFIX)
     return key in PRETRAIN_HEAD_KEYS or key.startswith(PRETRAIN_HEAD_PREFIXES)
 
 
@@ -94,9 +95,7 @@ def _model_state(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        key = key.removeprefix(WRAPPER_PREFIX)
         for prefix in _MODEL_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
@@ -175,8 +174,5 @@ def _summarise(keys: list[str], limit: int = 12) -> list[str]:
     """Group long key lists by their first component so reports stay readable."""
     if len(keys) <= limit:
         return keys
-    groups: dict[str, int] = {}
-    for key in keys:
-        head = key.split(".")[0]
-        groups[head] = groups.get(head, 0) + 1
+    groups = Counter(key.split(".")[0] for key in keys)  # in order of first appearance
     return [f"{head}.* ({n})" if n > 1 else head for head, n in groups.items()]

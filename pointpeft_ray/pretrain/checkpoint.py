@@ -13,6 +13,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..errors import CheckpointError
+from ..models.checkpoint import WRAPPER_PREFIX
 
 ENCODER_PREFIX = "MAE_encoder."
 
@@ -22,12 +23,8 @@ def write_pretrain_checkpoint(state: Mapping[str, torch.Tensor], path: str | Pat
     if not any(key.startswith(ENCODER_PREFIX) for key in state):
         raise CheckpointError(f"{path}: refusing to write a pre-train checkpoint without {ENCODER_PREFIX}* keys")
     # DDP's `module.` is stripped so the file looks like a single-process save.
-    weights = {_without_wrapper(key): value.detach().to("cpu").clone() for key, value in state.items()}
+    weights = {key.removeprefix(WRAPPER_PREFIX): value.detach().to("cpu").clone() for key, value in state.items()}
     path = Path(path)
     with atomic_file(path) as tmp:
         torch.save({"base_model": weights, "epoch": int(epoch)}, tmp)
     return path
-
-
-def _without_wrapper(key: str) -> str:
-    return key[len("module."):] if key.startswith("module.") else key

@@ -71,7 +71,11 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
             logger.info(format_epoch(metrics, config.optim.epochs))
         loop.report(metrics)
     result.history = loop.history
-    _finish(result, model, config, context.rank)
+    result.epochs = len(result.history)
+    result.final_loss = result.history[-1]["train_loss"] if result.history else None
+    output = config.output_path()
+    if output is not None and context.rank == 0:
+        result.checkpoint = write_pretrain_checkpoint(inner.state_dict(), output, result.epochs)
     result.wall_seconds = time.perf_counter() - start_time
     return result
 
@@ -112,11 +116,3 @@ def _train_epoch(model, optimizer, loader, epoch: int, config: PretrainConfig, d
     totals = sum_across_ranks(torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device))
     loss_sum, seen = float(totals[0]), int(totals[1])
     return {"loss": loss_sum / max(1, seen), "samples_per_second": seen / max(seconds, 1e-9), "seconds": seconds}
-
-
-def _finish(result: PretrainResult, model, config: PretrainConfig, rank: int) -> None:
-    result.epochs = len(result.history)
-    result.final_loss = result.history[-1]["train_loss"] if result.history else None
-    output = config.output_path()
-    if output is not None and rank == 0:
-        result.checkpoint = write_pretrain_checkpoint(build.unwrap(model).state_dict(), output, result.epochs)

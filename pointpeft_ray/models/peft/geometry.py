@@ -147,6 +147,3 @@ class GeometryAwareAdapter(nn.Module):
         neighbours = gather_points(pooled, geometry.interp_idx)  # (B, G, n, C)
         propagated = (neighbours * geometry.interp_weight.unsqueeze(-1).to(neighbours.dtype)).sum(dim=2)
         return patches + self.propagate_scale * propagated
-
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_adapter(x)

@@ -138,9 +138,9 @@ def build_memory_bank(
 def _compute_bank(feature_fn: FeatureFn, batches: Iterable, key: dict, device, progress: bool) -> MemoryBank:
     start = time.perf_counter()
     max_parts, cls_parts = [], []
-    iterator = _progress(batches, progress)
+    # tqdm takes the total from len(batches) where there is one
     with torch.no_grad():
-        for batch in iterator:
+        for batch in progress_bar(batches, progress, desc="memory bank", unit="batch", leave=False):
             points = _points_of(batch)
             if device is not None:
                 points = points.to(device)
@@ -153,11 +153,6 @@ def _compute_bank(feature_fn: FeatureFn, batches: Iterable, key: dict, device, p
     bank = MemoryBank(torch.cat(max_parts), torch.cat(cls_parts) if cls_parts else None, key=key)
     bank.build_seconds = time.perf_counter() - start
     return bank
-
-
-def _progress(batches: Iterable, enabled: bool):
-    total = len(batches) if hasattr(batches, "__len__") else None
-    return progress_bar(batches, enabled, total=total, desc="memory bank", unit="batch", leave=False)
 
 
 def _points_of(batch) -> torch.Tensor:

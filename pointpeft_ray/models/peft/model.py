@@ -31,15 +31,10 @@ BITFIT_SUFFIXES = ("norm1.bias", "norm2.bias", "attn.proj.bias", "mlp.fc1.bias",
 def trainable_backbone_names(backbone: PointMAEBackbone, config: PointPEFTConfig) -> list[str]:
     """Backbone parameters that train under PEFT (docs/method.md, "What is trained"):
     BitFit biases, cls token/pos, final norm."""
-    names = []
-    for name, _ in backbone.named_parameters():
-        if config.train_bias and name.startswith("blocks.blocks.") and name.endswith(BITFIT_SUFFIXES):
-            names.append(name)
-        elif config.train_cls_token and name in ("cls_token", "cls_pos"):
-            names.append(name)
-        elif config.train_final_norm and name in ("norm.weight", "norm.bias"):
-            names.append(name)
-    return names
+    return [name for name, _ in backbone.named_parameters()
+            if (config.train_bias and name.startswith("blocks.blocks.") and name.endswith(BITFIT_SUFFIXES))
+            or (config.train_cls_token and name in ("cls_token", "cls_pos"))
+            or (config.train_final_norm and name in ("norm.weight", "norm.bias"))]
 
 
 def batchnorm_buffer_names(backbone: nn.Module) -> list[str]:
@@ -276,21 +271,16 @@ class PointPEFTModel(nn.Module):
         the training set, needed while training with a memory bank (cached query,
         self-exclusion)."""
         tokens, pos, centres = self._frozen_stem(points)
-        geometry = self._geometry(centres)
+        geometry = token_geometry(centres, self.peft_config) if self.adapters is not None else None
         prompt_geometry = self._prompt_geometry(points)
         source = self._prompt_source(points, tokens, pos, sample_index)
         x, pos = self.backbone.with_cls(tokens, pos)
         for index, block in enumerate(self.backbone.blocks.blocks):
-            prompted = self.prompt is not None and index < self.prompt.depth
-            block_geometry = prompt_geometry if prompted and prompt_geometry is not None else geometry
+            # prompt_geometry exists only with prompts, and serves the prompted blocks
+            block_geometry = prompt_geometry if prompt_geometry is not None and index < self.prompt.depth else geometry
             x = self._run_block(index, block, x + pos, source, block_geometry)
         feature = self.backbone.classification_feature(self.backbone.norm(x))
         return self.cls_head_finetune(feature)
-
-    def _geometry(self, centres: torch.Tensor) -> TokenGeometry | None:
-        if self.adapters is None:
-            return None
-        return token_geometry(centres, self.peft_config)
 
     def _prompt_geometry(self, points: torch.Tensor) -> TokenGeometry | None:
         """Published `prompt_cor`: the prompts' coordinates join the points, that cloud
@@ -320,20 +310,18 @@ class PointPEFTModel(nn.Module):
         attention = block.attention_branch(x)
         x = x + (attention if published_drop else block.drop_path(attention))
         mlp_out = block.mlp_branch(x)
-        adapter = self.adapters[index] if self.adapters is not None else None
         if published_drop:
             # Published: drop-path on the MLP output, then the adapter beside it.
             mlp_out = block.drop_path(mlp_out)
-            x = x + (adapter.parallel_to_mlp(mlp_out) if adapter is not None else mlp_out)
-        else:
-            if adapter is not None:
-                mlp_out = adapter.parallel_to_mlp(mlp_out)
-            x = x + block.drop_path(mlp_out)
+        adapter = self.adapters[index] if self.adapters is not None else None
+        if adapter is not None:
+            mlp_out = adapter.parallel_to_mlp(mlp_out)
+        x = x + (mlp_out if published_drop else block.drop_path(mlp_out))
         if adapter is not None:
             rows = x[:, 1:] if geometry.over_prompts else x[:, start:]
             drop = block.drop_path if published_drop else None
             patches = adapter.aggregate(rows, x[:, start:], geometry, self.neighbour_attention, drop)
-            x = adapter.finish(torch.cat([x[:, :start], patches], dim=1))
+            x = adapter.out_adapter(torch.cat([x[:, :start], patches], dim=1))
         if prompted:  # deep prompts are dropped at the end of their block
             x = torch.cat([x[:, :1], x[:, start:]], dim=1)
         return x
