@@ -122,6 +122,8 @@ def test_published_adapters_start_xavier_with_dropout():
     assert not torch.equal(published(x), published(x))  # dropout inside the bottleneck
     published.eval()
     assert torch.equal(published(x), published(x))
+    with pytest.raises(ValueError, match="init must be 'zero' or 'xavier', got 'kaiming'"):
+        BottleneckAdapter(16, 4, True, init="kaiming")
 
 
 def test_prompt_dropout_acts_on_the_tokens_alone_when_published(tiny_config):

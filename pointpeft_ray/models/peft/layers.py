@@ -31,10 +31,12 @@ class BottleneckAdapter(nn.Module):
             nn.init.zeros_(self.down.bias)
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
-        else:  # "xavier" (PointPEFTConfig.adapter_init allows no other): the published adapters' init
+        elif init == "xavier":  # the published adapters' init
             for linear in (self.down, self.up):
                 nn.init.xavier_uniform_(linear.weight)
                 nn.init.normal_(linear.bias, std=1e-6)
+        else:  # a public layer: built directly, its init is not checked by a config
+            raise ValueError(f"BottleneckAdapter: init must be 'zero' or 'xavier', got {init!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.up(self.dropout(self.act(self.down(x))))
