@@ -249,7 +249,7 @@ def test_task_configs_apply_each_entry_over_the_base(tmp_path):
     assert (resources["few"].cpus, resources["few"].gpus) == (2.0, 0.5)
 
 
-def test_search_spec_carries_the_tune_section(tmp_path):
+def test_search_settings_carry_the_tune_section(tmp_path):
     tune = {"space": "search_spaces/cpu_demo.yaml", "samples": 7, "epochs": 3, "cpus_per_trial": 2,
             "gpus_per_trial": 0.5, "workers_per_trial": 2, "max_concurrent": 3, "asha": False, "grace_period": 2,
             "multi_objective": True, "max_failures": 0, "seed": 11}
@@ -262,7 +262,7 @@ def test_search_spec_carries_the_tune_section(tmp_path):
     assert spec.tune_config().optim.epochs == 3
 
 
-def test_search_spec_defaults_come_from_resources_and_the_job(tmp_path):
+def test_search_settings_default_from_resources_and_the_job(tmp_path):
     raw = changed(seed=5, resources={"cpus": 2, "gpus": 0.25, "workers": 2, "max_concurrent": 4},
                   storage="s3://bucket/runs/")
     search = JobSpec.from_yaml(write_job(tmp_path, raw)).search_settings()
