@@ -12,11 +12,13 @@ from pathlib import Path
 from . import logs
 from .configuration import check_name, name_from_path, parse_key_values
 from .data.inspect import format_summary, render_samples_png, summarise
+from .engine.summary import RunSummary, format_epoch
 from .errors import PointPEFTError
 from .file_names import PRETRAINED_FILE
 from .folder_lock import exclusive_folder
 from .jobs.commands import add_cluster_commands
 from .output import write_json
+from .results.search_report import build_report, format_report, report_payload
 from .results.storage import is_uri
 from .serving.commands import add_predict_command
 from .serving.convert import add_convert_command
@@ -196,7 +198,6 @@ def _run_train(args) -> int:
 
 def _train_in_process(config, settings):
     from .engine.loop import train
-    from .engine.summary import RunSummary, format_epoch
 
     run_dir = config.run_dir or (str(settings.local_run_dir()) if settings.local_run_dir() else None)
     config = config.replace(run_dir=run_dir)
@@ -207,7 +208,6 @@ def _train_in_process(config, settings):
 
 def _train_on_ray(config, settings, address):
     from .distributed.train import best_checkpoint, fit, with_log_dir
-    from .engine.summary import RunSummary
 
     start = time.perf_counter()
     result = fit(config, settings, address)
@@ -376,7 +376,6 @@ def _add_report(commands) -> None:
 
 
 def _run_report(args) -> int:
-    from .results.search_report import build_report, format_report, report_payload
 
     if args.top < 1:
         raise PointPEFTError(f"--top must be at least 1, got {args.top}")

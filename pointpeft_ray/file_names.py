@@ -1,6 +1,7 @@
-"""Every file and folder name the tool writes, in one place (docs/guide.md describes
-what each holds). Readers and writers import the name from here, so a folder written by
-one command is found by another.
+"""Every file and folder name the tool writes, in one place, with what each holds.
+Readers and writers import the name from here, so a folder written by one command is
+found by another. Not here: names the user chooses (runs, searches, jobs, bank entries)
+and a job's stage folders, which are named after the stage (jobs.spec.STAGES).
 """
 
 # A training run's folder (train, pretrain; one per fine-tune of a job or multi-task stage)
@@ -11,6 +12,7 @@ ADAPTER_DIR = "adapter"  # in the best checkpoint of a PEFT run
 MODEL_FILE = "model.pt"  # in the best checkpoint of a full / linear run
 PRETRAINED_FILE = "pretrain.pth"  # pre-trained weights, in the published Point-MAE layout
 PROGRESS_FILE = "progress.json"  # the last finished epoch, for a stage's heartbeat
+TENSORBOARD_DIR = "tensorboard"  # the run's scalars, for TensorBoard
 
 # An adapter directory (models.peft.adapter_io)
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -22,14 +24,16 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"  # a search's, or a fine-tune stage's beside its tasks table
 BEST_CONFIG_FILE = "best_config.yaml"
 TASKS_FILE = "tasks.parquet"  # one row per fine-tune of a stage
+RAY_STORAGE_DIR = "ray"  # a stage's multi-worker runs: Ray Train's own folders
 
 # A job's folder (jobs.runner)
 JOB_FILE = "job.yaml"  # the resolved job: what ran
 JOB_SUMMARY_FILE = "job_summary.json"
-ADAPTERS_DIR = "adapters"  # the adapter bank of the job's PEFT runs
+JOB_BANK_DIR = "adapters"  # the adapter bank of the job's PEFT runs
 REPORT_DIR = "report"
 REPORT_FILE = "report.txt"
 COMPARISON_PLOT = "comparison.png"
+PLOTS_DIR = "plots"  # the search report's plots, in a search folder or a job's report/
 
 # A search report's plots (results.plots)
 LEARNING_CURVES_PLOT = "learning_curves.png"
@@ -38,6 +42,12 @@ ACCURACY_VS_SIZE_PLOT = "accuracy_vs_trainable_params.png"
 
 # An adapter bank's folder (serving.adapter_bank)
 BANK_INDEX_FILE = "index.json"
+BANK_ADAPTERS_DIR = "adapters"  # one copied adapter directory per entry (named in index.json)
+BANK_LOCK_FILE = ".index.lock"  # held while the index is rewritten
+
+# The cache folder (data.cache.default_cache_dir): besides the prepared splits
+MEMORY_BANKS_DIR = "memory_banks"  # memory banks built from a training split
+PRETRAINED_DIR = "pretrained"  # pre-trained weights by config key (pretrain.cache)
 
 # A cached pre-training's folder (pretrain.cache), beside its PRETRAINED_FILE
 MANIFEST_FILE = "manifest.json"

@@ -308,3 +308,9 @@ def test_rewriting_the_bank_is_atomic_and_updates_entries(trained, bank, monkeyp
     # replace=True keeps only what is written
     write_adapter_bank(bank, [entries[1]], replace=True)
     assert list(read_bank_index(bank)["entries"]) == ["objbg"] and len(list((bank / "adapters").iterdir())) == 1
+
+    # a NaN accuracy of any number type is stored as null: index.json stays strict JSON
+    nan = torch.tensor(float("nan"))  # a 0-d tensor, as a caller may pass a metric
+    write_adapter_bank(bank, [BankEntry("clean", entries[0].adapter_dir, entries[0].config, nan)])
+    strict = json.loads(index_path.read_text(), parse_constant=lambda name: pytest.fail(f"index.json holds {name}"))
+    assert strict["entries"]["clean"]["accuracy"] is None

@@ -96,6 +96,15 @@ def test_names_that_would_leave_the_storage_folder_are_refused(name):
         SearchSettings(name=name)
 
 
+def test_counts_below_one_are_refused_by_flag():
+    with pytest.raises(ConfigError, match="--workers: expected at least 1, got 0"):
+        RayRunSettings(workers=0)
+    with pytest.raises(ConfigError, match="--workers-per-trial: expected at least 1, got 0"):
+        SearchSettings(workers_per_trial=0)
+    with pytest.raises(ConfigError, match="--samples: expected at least 1, got -2"):
+        SearchSettings(samples=-2)
+
+
 def test_default_names_from_file_stems_are_made_safe():
     assert name_from_path("configs/my config (v2).yaml") == "my-config-v2-"
     assert name_from_path("..yaml") == "run"

@@ -23,7 +23,7 @@ from ..engine.config import TrainConfig
 from ..engine.context import load_state, node_id
 from ..engine.loop import train
 from ..errors import PointPEFTError
-from ..file_names import ADAPTER_DIR, BEST_DIR, EPOCHS_FILE, PROGRESS_FILE, RUN_STATE_FILE, TASKS_FILE
+from ..file_names import ADAPTER_DIR, BEST_DIR, EPOCHS_FILE, PROGRESS_FILE, RAY_STORAGE_DIR, RUN_STATE_FILE, TASKS_FILE
 from ..folder_lock import exclusive_folder
 from ..logs import quiet
 from ..results.storage import download_folder, join, upload, write_table_atomic
@@ -120,7 +120,7 @@ def _launch(run: TaskRun, experiment_dir: Path, weights_ref, sync_uri: Optional[
     # goes in a list: Ray resolves a bare ref argument, and the launcher hands the ref (not
     # its arrays) on to the workers.
     launcher = ray.remote(num_cpus=0, max_retries=0)(_train_distributed_task)
-    ray_storage = join(sync_uri or experiment_dir, "ray")
+    ray_storage = join(sync_uri or experiment_dir, RAY_STORAGE_DIR)
     return launcher.remote(config, [weights_ref], run.workers, run.cpus, run.gpus, run.label, ray_storage, upload_to)
 
 

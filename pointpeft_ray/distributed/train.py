@@ -18,6 +18,8 @@ from ..engine.config import TrainConfig
 from ..engine.context import RayTrainContext
 from ..engine.loop import prepare_run, train
 from ..engine.summary import format_epoch
+from ..errors import ConfigError
+from ..file_names import TENSORBOARD_DIR
 from ..folder_lock import exclusive_folder
 from ..logs import configure
 from ..results.storage import check_storage_path, is_uri
@@ -33,10 +35,14 @@ class NamedStorage:
     (a local folder or a pyarrow.fs URI; default ./runs)."""
 
     KIND = "run"  # names the setting in errors ("run name")
+    COUNTS: tuple = ()  # (field, its command-line flag): counts that must be at least 1
 
     def __post_init__(self):
         check_name(self.name, f"{self.KIND} name")
         check_storage_path(self.storage_path, "--storage")
+        for field_name, flag in self.COUNTS:
+            if getattr(self, field_name) < 1:
+                raise ConfigError(f"{flag}: expected at least 1, got {getattr(self, field_name)}")
 
     def storage(self) -> str:
         return self.storage_path or str(Path("runs").resolve())
@@ -58,6 +64,8 @@ class RayRunSettings(NamedStorage):
     name: str = "pointpeft-train"
     storage_path: str | None = None  # local folder or pyarrow.fs URI; default ./runs
     max_failures: int = 0
+
+    COUNTS = (("workers", "--workers"),)
 
     def resolved(self) -> "RayRunSettings":
         """CPUs per worker filled in from the running cluster. Ray sets a worker's torch
@@ -139,7 +147,7 @@ def with_log_dir(config: TrainConfig, settings: RayRunSettings) -> TrainConfig:
     run_dir = settings.local_run_dir()
     if config.log_dir or run_dir is None:
         return config
-    return config.replace(log_dir=str(run_dir / "tensorboard"))
+    return config.replace(log_dir=str(run_dir / TENSORBOARD_DIR))
 
 
 def fit(config: TrainConfig, settings: RayRunSettings, address: str | None = None, weights=None):

@@ -51,6 +51,7 @@ class SearchSettings(NamedStorage):
     max_failures: int = 1  # retries of a crashed trial, from its last checkpoint
 
     KIND = "search"
+    COUNTS = (("samples", "--samples"), ("workers_per_trial", "--workers-per-trial"))
 
     def experiment_dir(self) -> str:
         return join(self.storage(), self.name)

@@ -15,6 +15,7 @@ from pydantic import (Field, ValidationInfo, ValidatorFunctionWrapHandler, field
 from ..assets import resolve_checkpoint
 from ..configuration import StrictConfig, given_fields, over_defaults
 from ..errors import ConfigError
+from ..file_names import TENSORBOARD_DIR
 from ..models.backbone import BackboneConfig
 from ..models.peft.config import PointPEFTConfig
 from ..models.presets import PRESETS
@@ -145,4 +146,4 @@ class TrainConfig(StrictConfig):
     def tensorboard_dir(self) -> Optional[Path]:
         if self.log_dir:
             return Path(self.log_dir)
-        return Path(self.run_dir) / "tensorboard" if self.run_dir else None
+        return Path(self.run_dir) / TENSORBOARD_DIR if self.run_dir else None

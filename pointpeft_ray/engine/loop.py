@@ -23,7 +23,7 @@ from ..data.loader import BatchLoader
 from ..data.tasks import get_task, load_task_split, task_loader
 from ..data.transforms import Voting
 from ..errors import PointPEFTError
-from ..file_names import ADAPTER_DIR, MODEL_FILE
+from ..file_names import ADAPTER_DIR, MEMORY_BANKS_DIR, MODEL_FILE
 from ..logs import quiet
 from ..models.peft.memory_bank import MemoryBank
 from ..models.peft.model import PointPEFTModel
@@ -234,7 +234,7 @@ def attach_cached_memory_bank(model: PointPEFTModel, task, train_data, config: T
     """Built once per (backbone, dataset, grouping) and cached beside the data cache."""
     loader = BatchLoader(train_data, 64, num_points=task.num_points if train_data.points_per_sample > task.num_points
                          else None, subsample="first")
-    cache_dir = Path(config.data.cache_dir or default_cache_dir()) / "memory_banks"
+    cache_dir = Path(config.data.cache_dir or default_cache_dir()) / MEMORY_BANKS_DIR
     dataset_key = f"{train_data.source}|{len(train_data)}|{task.num_points}"
     bank = model.build_memory_bank(loader, cache_dir=cache_dir, dataset_key=dataset_key, progress=False)
     logger.info(f"[bank] {len(bank)} rows, {'cached' if bank.from_cache else f'built in {bank.build_seconds:.1f}s'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from ..atomic import atomic_write_text
-from ..file_names import COMPARISON_PLOT, REPORT_FILE
+from ..file_names import COMPARISON_PLOT, PLOTS_DIR, REPORT_FILE
 from ..results.plots import new_figure, save_png
 from ..results.search_report import build_report, format_report
 
@@ -45,7 +45,7 @@ def write_job_report(job: "JobSpec", outcome: JobOutcome, report_dir: Path) -> s
     if outcome.task_rows.get("multitask"):
         sections.append(format_tasks(outcome.task_rows["multitask"]))
     if outcome.best_trial is not None:
-        search = build_report(Path(outcome.job_dir) / "tune", top=5, plots_dir=report_dir / "plots")
+        search = build_report(Path(outcome.job_dir) / "tune", top=5, plots_dir=report_dir / PLOTS_DIR)
         sections.append(format_report(search, show_best_config=False))
     if outcome.adapter_bank:
         sections.append(f"adapter bank: {outcome.adapter_bank}  (pointpeft-ray predict --bank "

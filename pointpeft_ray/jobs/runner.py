@@ -39,7 +39,7 @@ from ..distributed.pretrain import fit_pretrain
 from ..distributed.train import RayRunSettings
 from ..distributed.tune import run_search
 from ..errors import PointPEFTError, ResultsError
-from ..file_names import ADAPTERS_DIR, EPOCHS_FILE, JOB_FILE, JOB_SUMMARY_FILE, REPORT_DIR, TASKS_FILE, TRIALS_FILE
+from ..file_names import EPOCHS_FILE, JOB_BANK_DIR, JOB_FILE, JOB_SUMMARY_FILE, REPORT_DIR, TASKS_FILE, TRIALS_FILE
 from ..folder_lock import exclusive_folder
 from ..pretrain.cache import ensure_pretrained, weights_key
 from ..results.best_config import best_trial
@@ -219,7 +219,7 @@ def _write_adapter_bank(outcome: JobOutcome, job_dir: Path) -> Optional[str]:
     entries = entries_from_task_rows(row for rows in outcome.task_rows.values() for row in rows)
     if not entries:
         return None
-    path = job_dir / ADAPTERS_DIR
+    path = job_dir / JOB_BANK_DIR
     write_adapter_bank(path, entries)
     logger.info(f"[job] adapter bank: {len(entries)} adapter(s) in {path}")
     return str(path)

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from ..atomic import atomic_write_text
 from ..data.cache import default_cache_dir
-from ..file_names import MANIFEST_FILE, PRETRAINED_FILE
+from ..file_names import MANIFEST_FILE, PRETRAINED_DIR, PRETRAINED_FILE
 from .config import PretrainConfig
 from .loop import PretrainResult, pretrain
 
@@ -44,7 +44,7 @@ def weights_key(config: PretrainConfig) -> str:
 
 def cached_checkpoint_path(config: PretrainConfig) -> Path:
     root = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-    return root / "pretrained" / weights_key(config) / PRETRAINED_FILE
+    return root / PRETRAINED_DIR / weights_key(config) / PRETRAINED_FILE
 
 
 def read_manifest(checkpoint: Path) -> dict | None:

@@ -16,7 +16,7 @@ import yaml
 
 from ..errors import ResultsError
 from ..file_names import (ACCURACY_VS_PARAMS_PLOT, ACCURACY_VS_SIZE_PLOT, BEST_CONFIG_FILE, EPOCHS_FILE,
-                          LEARNING_CURVES_PLOT, TRIALS_FILE)
+                          LEARNING_CURVES_PLOT, PLOTS_DIR, TRIALS_FILE)
 from ..output import format_table
 from . import plots
 from .best_config import FINISHED, best_trial, number_or_none, rank_trials
@@ -24,7 +24,6 @@ from .importance import Importances, param_importances
 from .tables import PARAM_PREFIX, TRIAL_STATUSES, final_and_best, read_epochs, read_trials, search_space_of
 
 EXPECTED_FILES = (TRIALS_FILE, EPOCHS_FILE, BEST_CONFIG_FILE)
-PLOTS_FOLDER = "plots"
 # Failed trials never compete (as for best_config.yaml); the others are ranked on what
 # they reached so far, so a running search shows its current leaders.
 RANKED_STATUSES = ("completed", "stopped", "running", "pending")
@@ -119,7 +118,7 @@ def build_report(directory: str | Path, top: int = 10, plots_dir: str | Path | N
     leaderboard = [_leaderboard_entry(rank, row, searched) for rank, row in enumerate(ranked[:top], start=1)]
     figures = {}
     if make_plots:
-        folder = Path(plots_dir) if plots_dir is not None else experiment.directory / PLOTS_FOLDER
+        folder = Path(plots_dir) if plots_dir is not None else experiment.directory / PLOTS_DIR
         figures = _draw(experiment, ranked[:top], finished, searched, folder)
     return Report(experiment, leaderboard, len(ranked), status_counts(experiment.trials),
                   failures(experiment.trials), best_config(experiment),
@@ -127,10 +126,10 @@ def build_report(directory: str | Path, top: int = 10, plots_dir: str | Path | N
 
 
 def pareto_trials(finished: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The finished (ranked, so with a best accuracy) trials no other beats on both best
-    accuracy and trainable parameters, smallest first."""
+    """The finished trials with a best accuracy that no other beats on both best accuracy
+    and trainable parameters, smallest first."""
     points = [(row["trainable_params"], row["best_accuracy"], row["trial_id"]) for row in finished
-              if row.get("trainable_params") is not None]
+              if row.get("trainable_params") is not None and number_or_none(row.get("best_accuracy")) is not None]
     return [{"trial_id": trial_id, "trainable_params": size, "best_accuracy": accuracy}
             for size, accuracy, trial_id in plots.pareto_front(points)]
 

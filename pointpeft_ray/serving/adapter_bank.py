@@ -47,14 +47,14 @@ from ..engine.build import resolve_device
 from ..engine.config import TrainConfig
 from ..engine.loop import voted_logits
 from ..errors import CheckpointError, DataFormatError, PointPEFTError
-from ..file_names import ADAPTERS_DIR, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BANK_INDEX_FILE, MEMORY_BANK_FILE
+from ..file_names import (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, BANK_ADAPTERS_DIR, BANK_INDEX_FILE,
+                          BANK_LOCK_FILE, MEMORY_BANK_FILE)
 from ..models.backbone import BackboneConfig, PointMAEBackbone
 from ..models.checkpoint import fingerprint_tensors, load_checkpoint
 from ..models.peft.adapter_io import read_adapter_config
 from ..models.peft.config import PointPEFTConfig
 from ..models.peft.model import PointPEFTModel, trainable_backbone_names
 
-LOCK_NAME = ".index.lock"
 ADAPTER_BANK_FORMAT = "pointpeft-adapter-bank"
 ADAPTER_BANK_FORMAT_VERSION = 1
 RESERVED_NAMES = ("all",)  # `predict --task all` means every entry
@@ -135,7 +135,7 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
     backbone = _one_backbone(directory, {p["name"]: p["backbone"] for p in prepared})
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / BANK_INDEX_FILE
-    with FileLock(str(directory / LOCK_NAME)):
+    with FileLock(str(directory / BANK_LOCK_FILE)):
         kept = {}
         if index_path.exists() and not replace:
             old = read_bank_index(directory)
@@ -145,7 +145,7 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
                                                      **{p["name"]: backbone for p in prepared}})
         if verify_backbone:
             _build_backbone(backbone, f"{directory}: new entries {names}")
-        adapters = directory / ADAPTERS_DIR
+        adapters = directory / BANK_ADAPTERS_DIR
         created = []
         try:
             records = dict(kept)
@@ -153,7 +153,7 @@ def write_adapter_bank(directory: str | Path, entries: Iterable[BankEntry], *, r
                 folder = adapters / f"{_slug(entry['name'])}-{secrets.token_hex(4)}"
                 _copy_adapter(entry["source"], folder)
                 created.append(folder)
-                records[entry["name"]] = {**entry["record"], "adapter": f"{ADAPTERS_DIR}/{folder.name}"}
+                records[entry["name"]] = {**entry["record"], "adapter": f"{BANK_ADAPTERS_DIR}/{folder.name}"}
             index = {"format": ADAPTER_BANK_FORMAT, "format_version": ADAPTER_BANK_FORMAT_VERSION,
                      "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backbone": backbone,
                      "entries": {name: records[name] for name in sorted(records)}}
@@ -198,7 +198,7 @@ def _prepare_entry(entry: BankEntry) -> dict:
         # How the training loop evaluated the test split (engine.loop.train / evaluate).
         "voting_views": config.data.voting_views or task.voting_views, "eval_seed": config.seed,
         "eval_batch_size": config.optim.batch_size,
-        "accuracy": float(entry.accuracy) if _present(entry.accuracy) else None,
+        "accuracy": _finite_or_none(entry.accuracy),
         "trainable_parameters": meta.get("trainable_parameters"),
         "metadata": {str(k): _plain(v) for k, v in (entry.metadata or {}).items()},
         "config": config.model_dump(mode="json"), "source": str(source.resolve()),
@@ -276,6 +276,12 @@ def _remove_unreferenced(adapters: Path, referenced: set[str]) -> None:
     for path in adapters.iterdir():
         if path.name not in referenced and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """As a float, or None when missing or not finite (NaN is not valid JSON in index.json)."""
+    number = None if value is None else float(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _present(value: Any) -> bool:
