@@ -20,7 +20,6 @@ from ..engine import build
 from ..engine.epochs import EpochLoop, context_for
 from ..engine.loop import StepGuard, sum_across_ranks
 from ..errors import ConfigError
-from ..file_names import PRETRAINED_FILE
 from .checkpoint import write_pretrain_checkpoint
 from .config import PretrainConfig
 from .mae import PointMAEPretrainModel
@@ -57,9 +56,9 @@ def pretrain(config: PretrainConfig, report: Optional[Reporter] = None, context=
     model = context.wrap_model(model)
     inner = build.unwrap(model)
     optimizer = build.make_optimizer(build.parameter_groups(model, config.optim.weight_decay), config.optim.lr, device)
-    loop = EpochLoop(context, optimizer, config.optim, tensors=inner.state_dict, load_tensors=inner.load_state_dict,
-                     export=lambda directory: write_pretrain_checkpoint(
-                         inner.state_dict(), Path(directory) / PRETRAINED_FILE, loop.epoch + 1))
+    # No per-epoch export: the weights file is written once at the end (here, or by the Ray
+    # driver from the last checkpoint's run state).
+    loop = EpochLoop(context, optimizer, config.optim, tensors=inner.state_dict, load_tensors=inner.load_state_dict)
     if loop.restore():
         logger.info(f"[resume] pre-training from epoch {loop.start_epoch}")
     loader = _train_loader(task, data, config, context)
